@@ -1,0 +1,35 @@
+"""The interface every backup source implements (one module per source)."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+
+from exporter.result import BackupInfo, BackupLookup
+
+
+class NoBackupFound(Exception):
+    """The source answered, and there is no backup: the backup checks fail."""
+
+
+class BackupSourceError(Exception):
+    """The source could not answer (timeout, tool error, output of the wrong shape):
+    the backup checks are errors. The message carries the tool's own words."""
+
+
+class BackupSource(ABC):
+    name: str
+
+    @abstractmethod
+    def latest(self) -> BackupInfo:
+        """The newest backup; raises NoBackupFound or BackupSourceError."""
+
+    def lookup(self) -> BackupLookup:
+        started = time.monotonic()
+        try:
+            info = self.latest()
+        except NoBackupFound as exc:
+            return BackupLookup(self.name, missing=str(exc), duration_seconds=time.monotonic() - started)
+        except BackupSourceError as exc:
+            return BackupLookup(self.name, error=str(exc), duration_seconds=time.monotonic() - started)
+        return BackupLookup(self.name, info=info, duration_seconds=time.monotonic() - started)

@@ -1,0 +1,157 @@
+"""Catalog look-ups shared by the checks. Each asks for all names at once, so a
+check sends the same number of statements for 7 tables or 10,000.
+
+Names from configuration are compared as values (parameters), never parsed or
+formatted into SQL: a hostile name such as ``x"; DROP TABLE t; --`` is simply
+a name that matches nothing. ``schema.name`` picks a schema; a bare name is
+looked up along the session's search_path, first match wins, like PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+
+def split_name(name: str) -> tuple[str | None, str]:
+    schema, dot, relname = name.partition(".")
+    if dot and schema and relname:
+        return schema, relname
+    return None, name
+
+
+def _wanted(names: list[str]) -> tuple[list[str], list[str | None], list[str]]:
+    requested, schemas, objects = [], [], []
+    for name in dict.fromkeys(names):
+        schema, obj = split_name(name)
+        requested.append(name)
+        schemas.append(schema)
+        objects.append(obj)
+    return requested, schemas, objects
+
+
+@dataclass(frozen=True)
+class Table:
+    requested: str
+    schema: str
+    name: str
+    oid: int
+    kind: str  # 'r' table, 'p' partitioned table
+    reltuples: float  # -1 (PostgreSQL 14+) when never vacuumed or analyzed
+    relpages: int
+    rls_enabled: bool
+    rls_forced: bool
+    ever_analyzed: bool  # vacuumed or analyzed at least once since statistics were last reset
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+
+_TABLES_SQL = """
+WITH wanted(requested, nsp, rel) AS (
+    SELECT * FROM unnest(%(requested)s::text[], %(schemas)s::text[], %(objects)s::text[])
+)
+SELECT DISTINCT ON (w.requested)
+       w.requested, n.nspname, c.relname, c.oid, c.relkind, c.reltuples, c.relpages,
+       c.relrowsecurity, c.relforcerowsecurity,
+       (s.last_vacuum IS NOT NULL OR s.last_autovacuum IS NOT NULL
+        OR s.last_analyze IS NOT NULL OR s.last_autoanalyze IS NOT NULL) AS ever_analyzed
+  FROM wanted AS w
+  JOIN pg_catalog.pg_class AS c ON c.relname = w.rel AND c.relkind IN ('r', 'p')
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+  LEFT JOIN pg_catalog.pg_stat_all_tables AS s ON s.relid = c.oid
+ WHERE (w.nsp IS NULL AND n.nspname = ANY (pg_catalog.current_schemas(false)))
+    OR n.nspname = w.nsp
+ ORDER BY w.requested, pg_catalog.array_position(pg_catalog.current_schemas(false), n.nspname)
+"""
+
+
+def find_tables(conn: psycopg.Connection, names: list[str]) -> dict[str, Table]:
+    """Tables by the name asked for; names that match nothing are absent from the result."""
+    if not names:
+        return {}
+    requested, schemas, objects = _wanted(names)
+    rows = conn.execute(_TABLES_SQL, {"requested": requested, "schemas": schemas, "objects": objects}).fetchall()
+    return {
+        row[0]: Table(
+            requested=row[0], schema=row[1], name=row[2], oid=row[3], kind=row[4],
+            reltuples=float(row[5]), relpages=int(row[6]), rls_enabled=row[7], rls_forced=row[8],
+            ever_analyzed=bool(row[9]),
+        )
+        for row in rows
+    }
+
+
+@dataclass(frozen=True)
+class Index:
+    requested: str
+    schema: str
+    name: str
+    table: str
+    valid: bool
+    ready: bool
+
+
+_INDEXES_SQL = """
+WITH wanted(requested, nsp, rel) AS (
+    SELECT * FROM unnest(%(requested)s::text[], %(schemas)s::text[], %(objects)s::text[])
+)
+SELECT DISTINCT ON (w.requested)
+       w.requested, n.nspname, c.relname, t.relname, i.indisvalid, i.indisready
+  FROM wanted AS w
+  JOIN pg_catalog.pg_class AS c ON c.relname = w.rel AND c.relkind IN ('i', 'I')
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+  JOIN pg_catalog.pg_index AS i ON i.indexrelid = c.oid
+  JOIN pg_catalog.pg_class AS t ON t.oid = i.indrelid
+ WHERE (w.nsp IS NULL AND n.nspname = ANY (pg_catalog.current_schemas(false)))
+    OR n.nspname = w.nsp
+ ORDER BY w.requested, pg_catalog.array_position(pg_catalog.current_schemas(false), n.nspname)
+"""
+
+
+def find_indexes(conn: psycopg.Connection, names: list[str]) -> dict[str, Index]:
+    if not names:
+        return {}
+    requested, schemas, objects = _wanted(names)
+    rows = conn.execute(_INDEXES_SQL, {"requested": requested, "schemas": schemas, "objects": objects}).fetchall()
+    return {row[0]: Index(row[0], row[1], row[2], row[3], row[4], row[5]) for row in rows}
+
+
+_FUNCTIONS_SQL = """
+WITH wanted(requested, nsp, rel) AS (
+    SELECT * FROM unnest(%(requested)s::text[], %(schemas)s::text[], %(objects)s::text[])
+)
+SELECT w.requested, n.nspname, p.proname,
+       pg_catalog.pg_get_function_identity_arguments(p.oid),
+       pg_catalog.format_type(p.prorettype, NULL), p.proretset
+  FROM wanted AS w
+  JOIN pg_catalog.pg_proc AS p ON p.proname = w.rel
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+ WHERE (w.nsp IS NULL AND n.nspname = ANY (pg_catalog.current_schemas(false)))
+    OR n.nspname = w.nsp
+ ORDER BY w.requested, pg_catalog.array_position(pg_catalog.current_schemas(false), n.nspname), 4
+"""
+
+
+@dataclass(frozen=True)
+class Function:
+    requested: str
+    schema: str
+    name: str
+    arguments: str  # identity arguments, e.g. "days integer"
+    returns: str
+    returns_set: bool
+
+
+def find_functions(conn: psycopg.Connection, names: list[str]) -> dict[str, list[Function]]:
+    """Every overload of each function asked for, by the name asked for."""
+    if not names:
+        return {}
+    requested, schemas, objects = _wanted(names)
+    rows = conn.execute(_FUNCTIONS_SQL, {"requested": requested, "schemas": schemas, "objects": objects}).fetchall()
+    found: dict[str, list[Function]] = {}
+    for row in rows:
+        found.setdefault(row[0], []).append(Function(*row))
+    return found

@@ -1,0 +1,59 @@
+"""The shape every check has. One module per check in this package; the
+registry in ``exporter.checks`` lists them in report order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+import psycopg
+
+from exporter.config import TargetConfig
+from exporter.result import BackupLookup, CheckResult, Outcome
+
+
+@dataclass
+class CheckContext:
+    target: TargetConfig
+    conn: psycopg.Connection  # the target, read-only session, one transaction per check
+    log_conn: psycopg.Connection  # where backup_verification_log lives (the same object when no log_dsn)
+    backup: BackupLookup | None  # None when the target has no backup source
+    previous: dict[str, Any] | None  # verification_details of this target's previous recorded run
+    now: datetime
+
+
+class Check:
+    """A check answers one question about a target and returns a CheckResult.
+
+    Subclasses set ``name``, ``title`` and ``seed_tests`` (the numbers of the seed
+    report's tests the check stands for), and implement ``applies`` and ``run``.
+    ``run`` raises psycopg errors freely: the runner turns them into ``error``.
+    """
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    seed_tests: ClassVar[tuple[int, ...]] = ()
+    # True when the check reads the log database rather than the target.
+    uses_log_db: ClassVar[bool] = False
+
+    def applies(self, target: TargetConfig) -> bool:
+        raise NotImplementedError
+
+    def run(self, ctx: CheckContext) -> CheckResult:
+        raise NotImplementedError
+
+    def result(self, outcome: Outcome, message: str, observed: Any = None, expected: Any = None, **data: Any) -> CheckResult:
+        return CheckResult(self.name, outcome, message, observed, expected, data=data)
+
+    def passed(self, message: str, observed: Any = None, expected: Any = None, **data: Any) -> CheckResult:
+        return self.result("pass", message, observed, expected, **data)
+
+    def warned(self, message: str, observed: Any = None, expected: Any = None, **data: Any) -> CheckResult:
+        return self.result("warn", message, observed, expected, **data)
+
+    def failed(self, message: str, observed: Any = None, expected: Any = None, **data: Any) -> CheckResult:
+        return self.result("fail", message, observed, expected, **data)
+
+    def errored(self, message: str, observed: Any = None, expected: Any = None, **data: Any) -> CheckResult:
+        return self.result("error", message, observed, expected, **data)

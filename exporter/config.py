@@ -1,0 +1,444 @@
+"""Configuration: a YAML file plus ``PGBV_`` environment keys, validated by pydantic.
+
+Every field carries a description; ``docs/configuration.md`` is generated from
+these models (``python -m exporter.config_docs``), so the docs never drift.
+
+Environment keys use ``__`` as the nesting delimiter and accept list indices,
+so ``PGBV_TARGETS__0__PASSWORD`` sets the password of the first target and
+``PGBV_SCHEDULE__DAILY_AT`` the daily slot. They override the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "PGBV_"
+ENV_DELIMITER = "__"
+CONFIG_ENV = "PGBV_CONFIG"
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased as one line naming the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- backup sources --------------------------------------------------------------
+
+
+class _BackupCommon(_Strict):
+    timeout_seconds: float = Field(
+        60, gt=0, description="Time limit for every external command or file scan of the source."
+    )
+    warn_age_hours: float = Field(
+        26, gt=0, description="`backup_age` warns when the newest backup is older than this."
+    )
+    max_age_hours: float = Field(
+        49, gt=0, description="`backup_age` fails when the newest backup is older than this."
+    )
+    min_size_mb: float = Field(
+        1, ge=0, description="`backup_size` fails when the newest backup is smaller than this."
+    )
+
+    @model_validator(mode="after")
+    def _ages_ordered(self):
+        if self.warn_age_hours > self.max_age_hours:
+            raise ValueError(
+                f"warn_age_hours ({self.warn_age_hours:g}) must not exceed max_age_hours ({self.max_age_hours:g})"
+            )
+        return self
+
+
+class DirectoryBackup(_BackupCommon):
+    """Backups are files or folders in a directory (pg_dump archives, base backups)."""
+
+    source: Literal["directory"]
+    path: Path = Field(description="Folder holding the backups.")
+    pattern: str = Field(
+        "*", description="Shell pattern the backup's file or folder name must match (not recursive)."
+    )
+
+
+class NoBackup(_Strict):
+    """No backup source: the backup checks are not run."""
+
+    source: Literal["none"] = "none"
+
+
+BackupConfig = Annotated[Union[DirectoryBackup, NoBackup], Field(discriminator="source")]
+
+
+# --- checks ----------------------------------------------------------------------------
+
+
+class ChecksConfig(_Strict):
+    critical_tables: list[str] = Field(
+        default_factory=list,
+        description="Tables that must exist and hold rows; they drive `critical_tables`, `row_counts`, "
+        "`index_coverage`, `constraints_valid` and (by default) `rls_policies`. Name or schema.name.",
+    )
+    required_tables: list[str] = Field(
+        default_factory=list, description="Tables that must exist (they may be empty)."
+    )
+    rls_tables: list[str] = Field(
+        default_factory=list,
+        description="Tables that must have row-level security enabled; empty means `critical_tables`.",
+    )
+    min_policies: dict[str, int] = Field(
+        default_factory=dict,
+        description="Minimum number of RLS policies per table; tables not listed need at least 1.",
+    )
+    required_indexes: list[str] = Field(default_factory=list, description="Indexes that must exist and be valid.")
+    required_functions: list[str] = Field(default_factory=list, description="Functions that must exist.")
+    min_database_size_mb: float | None = Field(
+        None, ge=0, description="`database_size` fails below this; unset, the check does not run."
+    )
+    allow_empty_tables: list[str] = Field(
+        default_factory=list, description="Critical tables that may legitimately hold zero rows."
+    )
+    max_row_drop_percent: float = Field(
+        10, ge=0, le=100,
+        description="`row_counts` fails when a critical table lost more than this share of its rows since the last run.",
+    )
+    min_success_ratio: float = Field(
+        0.9, ge=0, le=1, description="`success_rate` fails when the share of successful runs over 7 days is below this."
+    )
+    wal_archiving_max_age_minutes: None = Field(
+        None, description="Reserved for the `wal_archiving` check, which this version does not have yet; must be null."
+    )
+
+    @field_validator("min_policies")
+    @classmethod
+    def _positive_policies(cls, value: dict[str, int]) -> dict[str, int]:
+        for table, count in value.items():
+            if count < 0:
+                raise ValueError(f"min_policies.{table} must be 0 or more, got {count}")
+        return value
+
+
+class RestoreConfig(_Strict):
+    enabled: Literal[False] = Field(
+        False, description="Restore drills are not in this version yet; only `false` is accepted."
+    )
+
+
+# --- targets ---------------------------------------------------------------------------
+
+_TARGET_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$")
+
+
+def split_password(dsn: str) -> tuple[str, SecretStr | None]:
+    """Take a password out of a DSN so that the DSN can be shown and logged safely."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception as exc:  # psycopg.ProgrammingError: text names the problem, not the password
+        raise ValueError(f"not a valid libpq connection string or URI ({_scrub(str(exc), dsn)})") from None
+    password = params.pop("password", None)
+    if password is None:
+        return dsn, None
+    return make_conninfo(**{k: v for k, v in params.items() if v is not None}), SecretStr(str(password))
+
+
+def _scrub(text: str, dsn: str) -> str:
+    # The parser's message may quote the input; never echo a DSN that may hold a password.
+    return text.replace(dsn, "<dsn>")
+
+
+class TargetConfig(_Strict):
+    name: str = Field(description="Unique name; becomes the `target` label of every metric.")
+    dsn: str = Field(description="libpq connection string or URI of the database to verify.")
+    password: SecretStr | None = Field(
+        None, description="Password; better set as PGBV_TARGETS__N__PASSWORD, a password_file or .pgpass."
+    )
+    password_file: Path | None = Field(None, description="File whose first line is the password.")
+    log_dsn: str | None = Field(
+        None, description="Where backup_verification_log lives; default: the target itself."
+    )
+    log_password: SecretStr | None = Field(None, description="Password for log_dsn, when it needs another one.")
+    pg_bin_dir: Path | None = Field(
+        None, description="Folder of client tools (pg_dump, pg_restore...); default: the newest found, never older than the server."
+    )
+    connect_timeout_seconds: int = Field(5, ge=1, description="libpq connect_timeout.")
+    statement_timeout_seconds: float = Field(
+        30, gt=0, description="Every statement pgbv sends to this target is cancelled after this."
+    )
+    backup: BackupConfig = Field(default_factory=NoBackup, description="Where the backups are and their limits.")
+    checks: ChecksConfig = Field(default_factory=ChecksConfig, description="What the database must hold.")
+    restore: RestoreConfig = Field(default_factory=RestoreConfig, description="Restore drills (later version).")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _TARGET_NAME.match(value):
+            raise ValueError(
+                "must be 1-63 letters, digits, '_', '.' or '-', starting with a letter, digit or '_'"
+            )
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _move_dsn_passwords(cls, data: Any) -> Any:
+        # A password typed into a DSN is accepted, then kept only as a SecretStr.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for dsn_key, password_key in (("dsn", "password"), ("log_dsn", "log_password")):
+            dsn = data.get(dsn_key)
+            if isinstance(dsn, str):
+                clean, password = split_password(dsn)
+                data[dsn_key] = clean
+                if password is not None and data.get(password_key) is None:
+                    data[password_key] = password
+        return data
+
+    def resolved_password(self) -> str | None:
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            try:
+                return self.password_file.read_text().splitlines()[0] if self.password_file.stat().st_size else ""
+            except OSError as exc:
+                raise ConfigError(f"targets.{self.name}.password_file: cannot read {self.password_file}: {exc.strerror}")
+        return None
+
+    def resolved_log_password(self) -> str | None:
+        if self.log_dsn is None:
+            return self.resolved_password()
+        if self.log_password is not None:
+            return self.log_password.get_secret_value()
+        return None
+
+    def secrets(self) -> list[str]:
+        """Every secret of this target, so that output can be scrubbed of them."""
+        found = []
+        for secret in (self.password, self.log_password):
+            if secret is not None and secret.get_secret_value():
+                found.append(secret.get_secret_value())
+        if self.password_file is not None:
+            try:
+                value = self.resolved_password()
+            except ConfigError:
+                value = None
+            if value:
+                found.append(value)
+        return found
+
+
+# --- the rest --------------------------------------------------------------------------
+
+_HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
+
+
+class ScheduleConfig(_Strict):
+    daily_at: str = Field("05:00", description="Daily run time, HH:MM in UTC.")
+    interval_minutes: int | None = Field(None, ge=1, description="When set, runs every N minutes instead of daily_at.")
+    run_on_start: bool = Field(True, description="Also run at start when the last run is older than one period.")
+    refresh_seconds: float = Field(30, gt=0, description="How often the metrics snapshot is re-read from the log table.")
+    max_concurrent_targets: int = Field(4, ge=1, description="Targets verified at the same time.")
+
+    @field_validator("daily_at")
+    @classmethod
+    def _valid_time(cls, value: str) -> str:
+        if not _HHMM.match(value):
+            raise ValueError(f"must be a time HH:MM between 00:00 and 23:59, got {value!r}")
+        return value
+
+
+class HttpConfig(_Strict):
+    listen: str = Field("0.0.0.0:10047", description="host:port of /metrics; port 0 picks a free port.")
+    web_config_file: Path | None = Field(None, description="exporter-toolkit style web config: TLS and basic auth.")
+
+    @field_validator("listen")
+    @classmethod
+    def _valid_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"must be host:port with a port 0-65535, got {value!r}")
+        return value
+
+
+class _YamlAndEnvSource(PydanticBaseSettingsSource):
+    """The YAML file's data with PGBV_ environment keys laid over it (list indices included)."""
+
+    def __init__(self, settings_cls, data: dict[str, Any]):
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - __call__ does the work
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", frozen=True)
+
+    targets: list[TargetConfig] = Field(description="One or more databases to verify.")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="When the daemon verifies.")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="The metrics endpoint.")
+    spool_dir: Path = Field(Path("/var/lib/pgbv/spool"), description="Results that could not be written yet wait here.")
+    retention_days: int = Field(90, ge=1, description="Log rows older than this are deleted by `pgbv cleanup` and daily by the daemon.")
+    log_format: Literal["text", "json"] = Field("text", description="Format of pgbv's own log lines.")
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, value: list[TargetConfig]) -> list[TargetConfig]:
+        if not value:
+            raise ValueError("at least one target is required")
+        seen: set[str] = set()
+        for target in value:
+            if target.name in seen:
+                raise ValueError(f"target name {target.name!r} is used twice")
+            seen.add(target.name)
+        return value
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):
+        return (init_settings,)
+
+    def target(self, name: str) -> TargetConfig:
+        for target in self.targets:
+            if target.name == name:
+                return target
+        raise ConfigError(f"--target: no target named {name!r} (known: {', '.join(t.name for t in self.targets)})")
+
+    def secrets(self) -> list[str]:
+        return [secret for target in self.targets for secret in target.secrets()]
+
+
+# --- loading ---------------------------------------------------------------------------
+
+
+def _env_value(raw: str) -> Any:
+    # Lists and mappings come as JSON; scalars stay strings and pydantic converts them,
+    # so a password of digits stays a string.
+    stripped = raw.strip()
+    if stripped[:1] in "[{":
+        try:
+            return json.loads(stripped)
+        except json.JSONDecodeError:
+            return raw
+    if stripped in ("null", "~"):
+        return None
+    return raw
+
+
+def _overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any]:
+    for key in sorted(environ):
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV or key.startswith("PGBV_TEST_"):
+            continue
+        path = [part.lower() for part in key[len(ENV_PREFIX):].split(ENV_DELIMITER)]
+        if not all(path):
+            raise ConfigError(f"{key}: empty name part between '{ENV_DELIMITER}' delimiters")
+        node: Any = data
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            if isinstance(node, list):
+                if not part.isdigit():
+                    raise ConfigError(f"{key}: {'.'.join(path[:depth])} is a list; expected an index, got {part!r}")
+                index = int(part)
+                if index > len(node):
+                    raise ConfigError(f"{key}: index {index} leaves a gap ({'.'.join(path[:depth])} has {len(node)} items)")
+                if index == len(node):
+                    node.append({})
+                if last:
+                    node[index] = _env_value(environ[key])
+                else:
+                    if not isinstance(node[index], (dict, list)):
+                        node[index] = {}
+                    node = node[index]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = _env_value(environ[key])
+                else:
+                    child = node.get(part)
+                    if not isinstance(child, (dict, list)):
+                        child = [] if part == "targets" else {}
+                        node[part] = child
+                    node = child
+            else:
+                raise ConfigError(f"{key}: {'.'.join(path[:depth])} is not a section")
+    return data
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = ".".join(str(p) for p in error["loc"] if not (isinstance(p, str) and p in ("directory", "none")))
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    elif error["type"] == "union_tag_invalid":
+        message = f"unknown backup source {error['input'].get('source')!r}; known: directory, none" if isinstance(error.get("input"), dict) else message
+    message = message.removeprefix("Value error, ")
+    return f"{loc}: {message}" if loc else message
+
+
+def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Read, merge and validate the configuration; raise ConfigError with one line per problem."""
+    environ = dict(os.environ if environ is None else environ)
+    if path is None:
+        path = environ.get(CONFIG_ENV)
+    data: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            text = file.read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"--config: file not found: {file}") from None
+        except OSError as exc:
+            raise ConfigError(f"--config: cannot read {file}: {exc.strerror}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"--config: {file}{where}: not valid YAML ({problem})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"--config: {file}: the top level must be a mapping of keys, got {type(loaded).__name__}")
+        data = loaded
+    data = _overlay_env(data, environ)
+    if "targets" not in data:
+        where = f"{path}" if path is not None else "the environment (no --config given and PGBV_CONFIG unset)"
+        raise ConfigError(f"targets: required key is missing in {where}")
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        lines = [_describe(error) for error in exc.errors(include_url=False)]
+        raise ConfigError("; ".join(lines)) from None
+    except ConfigError:
+        raise
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain data, every secret replaced by '********'."""
+    data = settings.model_dump(mode="json")
+    for target in data["targets"]:
+        for key in ("password", "log_password"):
+            if target.get(key) is not None:
+                target[key] = "********"
+    return data

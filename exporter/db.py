@@ -1,0 +1,71 @@
+"""Connections to targets: always a connect timeout, a statement timeout, a lock
+timeout and application_name=pgbv; check connections are read-only at the
+session level, so no check can write even by mistake."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from exporter.config import TargetConfig
+from exporter.redact import scrub
+
+APPLICATION_NAME = "pgbv"
+# Short on purpose: a lock we queue for blocks every application query queued after us.
+LOCK_TIMEOUT_SECONDS = 2
+
+
+class TargetUnreachable(Exception):
+    """The target (or its log database) could not be reached; the message is safe to print."""
+
+    def __init__(self, target: str, reason: str, what: str = "database"):
+        self.target = target
+        self.reason = reason
+        super().__init__(f"target {target}: cannot connect to the {what}: {reason}")
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
+
+
+def _options(statement_timeout_seconds: float, lock_timeout_seconds: float, read_only: bool) -> str:
+    options = [
+        f"-c statement_timeout={int(statement_timeout_seconds * 1000)}",
+        f"-c lock_timeout={int(lock_timeout_seconds * 1000)}",
+        # A pgbv transaction left open by a bug must not hold back vacuum for long.
+        f"-c idle_in_transaction_session_timeout={int(max(statement_timeout_seconds, 10) * 2000)}",
+    ]
+    if read_only:
+        options.append("-c default_transaction_read_only=on")
+    return " ".join(options)
+
+
+def connect(
+    target: TargetConfig,
+    *,
+    log: bool = False,
+    read_only: bool = True,
+    statement_timeout_seconds: float | None = None,
+    lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS,
+    autocommit: bool = False,
+) -> psycopg.Connection:
+    """Open a connection to the target (or, with log=True, to where its log table lives)."""
+    dsn = target.log_dsn if (log and target.log_dsn) else target.dsn
+    password = target.resolved_log_password() if log else target.resolved_password()
+    timeout = statement_timeout_seconds or target.statement_timeout_seconds
+    params = {
+        "connect_timeout": target.connect_timeout_seconds,
+        "application_name": APPLICATION_NAME,
+        # The user's own options come first; ours are appended so that they win.
+        "options": " ".join(
+            part for part in (conninfo_to_dict(dsn).get("options"), _options(timeout, lock_timeout_seconds, read_only)) if part
+        ),
+    }
+    if password is not None:
+        params["password"] = password
+    try:
+        return psycopg.connect(make_conninfo(dsn, **params), autocommit=autocommit)
+    except psycopg.Error as exc:
+        reason = scrub(first_line(exc), target.secrets())
+        raise TargetUnreachable(target.name, reason, "log database" if (log and target.log_dsn) else "database") from None
