@@ -1,0 +1,44 @@
+"""Runs one check: in its own read-only transaction, timed, and never a pass by accident.
+
+A check that raises becomes ``error`` with the reason: a statement timeout, a
+missing permission, a lost connection or a bug all count as failed, because
+a check that could not run proved nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import psycopg
+from psycopg import errors
+
+from exporter.checks.base import Check, CheckContext
+from exporter.db import first_line
+from exporter.redact import scrub
+from exporter.result import CheckResult
+
+
+def _reason(exc: BaseException, ctx: CheckContext) -> str:
+    if isinstance(exc, errors.QueryCanceled):
+        return f"timed out after {ctx.target.statement_timeout_seconds:g}s (statement_timeout): {first_line(exc)}"
+    if isinstance(exc, errors.LockNotAvailable):
+        return f"gave up waiting for a lock (lock_timeout): {first_line(exc)}"
+    if isinstance(exc, errors.InsufficientPrivilege):
+        return f"permission denied: {first_line(exc)}"
+    if isinstance(exc, psycopg.OperationalError):
+        return f"connection lost: {first_line(exc)}"
+    if isinstance(exc, psycopg.Error):
+        return f"{type(exc).__name__}: {first_line(exc)}"
+    return f"internal error {type(exc).__name__}: {exc}"
+
+
+def run_check(check: Check, ctx: CheckContext) -> CheckResult:
+    conn = ctx.log_conn if check.uses_log_db else ctx.conn
+    started = time.monotonic()
+    try:
+        with conn.transaction():
+            result = check.run(ctx)
+    except Exception as exc:  # noqa: BLE001 - every failure must become an 'error' result
+        result = CheckResult(check.name, "error", scrub(_reason(exc, ctx), ctx.target.secrets()))
+    return dataclasses.replace(result, duration_seconds=time.monotonic() - started)
