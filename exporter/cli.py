@@ -1,0 +1,253 @@
+"""The `pgbv` command line. Exit codes follow the monitoring-plugin convention:
+0 success, 1 warning, 2 failure, 3 unknown (bad arguments or configuration,
+target unreachable, could not record)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable
+
+import yaml
+
+from exporter import __version__
+from exporter.config import ConfigError, Settings, TargetConfig, load_settings, masked
+from exporter.result import EXIT_FAILURE, EXIT_OK, EXIT_UNKNOWN
+
+PROG = "pgbv"
+
+
+class _Parser(argparse.ArgumentParser):
+    # Bad arguments are "unknown" (3) in the monitoring-plugin convention, not argparse's 2.
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_UNKNOWN, f"{self.prog}: error: {message}\n")
+
+
+def _say(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr)
+
+
+def _targets(settings: Settings, name: str | None) -> list[TargetConfig]:
+    return [settings.target(name)] if name else list(settings.targets)
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from exporter.report import render
+    from exporter.verify import verify_all
+
+    settings = load_settings(args.config)
+    results = verify_all(settings, _targets(settings, args.target), record_result=not args.no_record)
+    print(render(results, args.format, sys.stdout))
+    code = EXIT_OK
+    for result in results:
+        if result.unreachable is not None:
+            _say(f"target {result.target}: unreachable: {result.unreachable}")
+        if result.record_error is not None:
+            _say(result.record_error)
+        code = max(code, result.exit_code, EXIT_UNKNOWN if result.record_error else EXIT_OK)
+    return code
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from exporter.db import TargetUnreachable
+    from exporter.migrate import MigrationMismatch, migrate
+
+    settings = load_settings(args.config)
+    code = EXIT_OK
+    for target in settings.targets:
+        try:
+            report = migrate(target)
+        except TargetUnreachable as exc:
+            _say(str(exc))
+            code = max(code, EXIT_UNKNOWN)
+            continue
+        except MigrationMismatch as exc:
+            _say(f"target {target.name}: {exc}")
+            code = max(code, EXIT_FAILURE)
+            continue
+        for name in report.applied:
+            print(f"target {target.name}: applied {name}")
+        for name in report.adopted:
+            print(f"target {target.name}: adopted {name} (the existing backup_verification_log matches it; nothing changed)")
+        for name in report.edited:
+            _say(f"target {target.name}: warning: {name} changed after it was applied; migrations must never be edited")
+        if not report.applied and not report.adopted:
+            print(f"target {target.name}: up to date ({len(report.already)} migrations applied)")
+    return code
+
+
+def _history_text(target: str, rows: list[dict[str, Any]]) -> str:
+    lines = [f"target {target}: {len(rows)} runs"]
+    lines.append(f"  {'VERIFIED AT':25}  {'STATUS':8}  PASSED  FAILED  BACKUP AGE  BACKUP")
+    for row in rows:
+        age = "-" if row["backup_age_hours"] is None else f"{row['backup_age_hours']} h"
+        lines.append(
+            f"  {row['verified_at'].isoformat(timespec='seconds'):25}  {row['status']:8}  "
+            f"{row['checks_passed']:6}  {row['checks_failed']:6}  {age:>10}  {row['backup_id'] or '-'}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from exporter import record
+    from exporter.db import TargetUnreachable, connect, first_line
+
+    settings = load_settings(args.config)
+    out: dict[str, list[dict[str, Any]]] = {}
+    code = EXIT_OK
+    for target in _targets(settings, args.target):
+        try:
+            with connect(target, log=True) as conn:
+                out[target.name] = record.history(conn, args.days, target.name)
+        except TargetUnreachable as exc:
+            _say(str(exc))
+            code = EXIT_UNKNOWN
+        except psycopg.Error as exc:
+            _say(f"target {target.name}: cannot read the history: {first_line(exc)}")
+            code = EXIT_UNKNOWN
+    if args.format == "json":
+        print(json.dumps(out if len(out) != 1 else next(iter(out.values())), indent=2, default=str))
+    elif args.format == "markdown":
+        for name, rows in out.items():
+            print(f"## Verification history: {name} (last {args.days} days)\n")
+            print("| Verified at | Status | Passed | Failed | Backup age (h) | Backup |\n|---|---|---|---|---|---|")
+            for row in rows:
+                print(f"| {row['verified_at'].isoformat(timespec='seconds')} | {row['status']} | {row['checks_passed']} | "
+                      f"{row['checks_failed']} | {row['backup_age_hours'] if row['backup_age_hours'] is not None else '-'} | {row['backup_id'] or '-'} |")
+            print()
+    else:
+        print("\n\n".join(_history_text(name, rows) for name, rows in out.items()))
+    return code
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    import psycopg
+
+    from exporter import record
+    from exporter.db import TargetUnreachable, connect, first_line
+
+    settings = load_settings(args.config)
+    days = args.retention_days or settings.retention_days
+    code = EXIT_OK
+    done: set[str] = set()
+    for target in settings.targets:
+        where = target.log_dsn or target.dsn
+        if where in done:  # several targets sharing one log database: clean it once
+            continue
+        try:
+            with connect(target, log=True, read_only=False, autocommit=True) as conn:
+                deleted = record.cleanup(conn, days)
+            done.add(where)
+            print(f"target {target.name}: deleted {deleted} rows older than {days} days")
+        except TargetUnreachable as exc:
+            _say(str(exc))
+            code = EXIT_UNKNOWN
+        except psycopg.Error as exc:
+            _say(f"target {target.name}: cleanup failed: {first_line(exc)}")
+            code = EXIT_UNKNOWN
+    return code
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    print(yaml.safe_dump(masked(settings), sort_keys=False), end="")
+    print(f"# configuration is valid: {len(settings.targets)} target(s)", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from exporter.demo import run_demo
+
+    return run_demo(folder=args.dir, keep=args.keep, fmt=args.format)
+
+
+# --- parser ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="pg-backup-verifier: proves that a PostgreSQL database's backups exist, are fresh "
+        "and hold what they should, and records every verification in the database.",
+        epilog="Exit codes: 0 success, 1 warning, 2 failure, 3 unknown (bad arguments or configuration, "
+        "target unreachable). Configuration: --config FILE or PGBV_CONFIG, overridden by PGBV_* variables.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    def config_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration (default: $PGBV_CONFIG)")
+
+    formats = ("text", "json", "markdown")
+
+    p = command("verify", cmd_verify, "Verify every target (or one) now, record the result and print a report.")
+    config_arg(p)
+    p.add_argument("--target", metavar="NAME", help="verify only this target")
+    p.add_argument("--format", choices=formats, default="text", help="report format (default: text)")
+    p.add_argument("--no-record", action="store_true", help="do not write the result to backup_verification_log")
+
+    p = command("migrate", cmd_migrate, "Apply the log table migrations to every target's log database (safe to repeat).")
+    config_arg(p)
+
+    p = command("history", cmd_history, "Show recorded verifications (get_backup_verification_history).")
+    config_arg(p)
+    p.add_argument("--target", metavar="NAME", help="only this target")
+    p.add_argument("--days", type=_positive_int, default=7, help="how many days back (default: 7)")
+    p.add_argument("--format", choices=formats, default="text", help="output format (default: text)")
+
+    p = command("cleanup", cmd_cleanup, "Delete log rows older than the retention (cleanup_old_backup_verification_logs).")
+    config_arg(p)
+    p.add_argument("--retention-days", type=_positive_int, metavar="N", help="default: retention_days from the configuration")
+
+    p = command("check-config", cmd_check_config, "Validate the configuration and print it with secrets masked.")
+    config_arg(p)
+
+    p = command("demo", cmd_demo, "Run the whole system on an embedded PostgreSQL: demo schema, real pg_dump, migrate, verify.")
+    p.add_argument("--dir", metavar="FOLDER", help="keep the demo's database and backups here (default: a temporary folder)")
+    p.add_argument("--keep", action="store_true", help="leave the embedded PostgreSQL running and its folder in place")
+    p.add_argument("--format", choices=formats, default="markdown", help="report format (default: markdown)")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_UNKNOWN
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        _say(f"configuration error: {exc}")
+        return EXIT_UNKNOWN
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return EXIT_UNKNOWN
+    except Exception as exc:  # noqa: BLE001 - never a traceback for a user; PGBV_DEBUG=1 shows it
+        if os.environ.get("PGBV_DEBUG"):
+            raise
+        _say(f"internal error: {type(exc).__name__}: {exc} (set PGBV_DEBUG=1 for a traceback)")
+        return EXIT_UNKNOWN

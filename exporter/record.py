@@ -1,0 +1,85 @@
+"""Reads and writes backup_verification_log: one row per run, the previous run's
+details for comparison, history and cleanup through the migration's functions.
+
+Rows carry the target's name in verification_details->>'target', so several
+targets may share one log database (log_dsn). Rows written before pgbv (by hand,
+from the seed's procedure) have no target and are read as belonging to any target.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from exporter.result import RunResult
+
+MIB = 1024 * 1024
+
+_BELONGS_TO_TARGET = "coalesce(verification_details->>'target', %(target)s) = %(target)s"
+
+
+def row_values(result: RunResult) -> dict[str, Any]:
+    info = result.backup.info if result.backup is not None else None
+    return {
+        "verified_at": result.verified_at,
+        "backup_id": info.id if info else None,
+        "backup_age_hours": int(round(info.age_hours(result.verified_at))) if info else None,
+        "backup_size_mb": int(round(info.size_bytes / MIB)) if info and info.size_bytes is not None else None,
+        "status": result.status,
+        "checks_passed": result.checks_passed,
+        "checks_failed": result.checks_failed,
+        "error_details": Jsonb(result.error_details()) if result.error_details() is not None else None,
+        "verification_details": Jsonb(result.verification_details()),
+    }
+
+
+def insert(conn: psycopg.Connection, result: RunResult) -> uuid.UUID:
+    """Write one run; returns the new row's id."""
+    row = conn.execute(
+        """
+        INSERT INTO backup_verification_log
+            (verified_at, backup_id, backup_age_hours, backup_size_mb, status,
+             checks_passed, checks_failed, error_details, verification_details)
+        VALUES (%(verified_at)s, %(backup_id)s, %(backup_age_hours)s, %(backup_size_mb)s, %(status)s,
+                %(checks_passed)s, %(checks_failed)s, %(error_details)s, %(verification_details)s)
+        RETURNING id
+        """,
+        row_values(result),
+    ).fetchone()
+    return row[0]
+
+
+def previous_details(conn: psycopg.Connection, target: str) -> dict[str, Any] | None:
+    """verification_details of the target's newest recorded run, or None."""
+    row = conn.execute(
+        f"""
+        SELECT verification_details FROM backup_verification_log
+         WHERE {_BELONGS_TO_TARGET}
+         ORDER BY verified_at DESC LIMIT 1
+        """,
+        {"target": target},
+    ).fetchone()
+    return row[0] if row and isinstance(row[0], dict) else None
+
+
+HISTORY_COLUMNS = (
+    "id", "verified_at", "status", "backup_id", "backup_age_hours", "backup_size_mb",
+    "checks_passed", "checks_failed", "error_details", "verification_details",
+)
+
+
+def history(conn: psycopg.Connection, days: int, target: str | None = None) -> list[dict[str, Any]]:
+    """Rows of get_backup_verification_history(days), newest first, optionally one target's."""
+    where = f"WHERE {_BELONGS_TO_TARGET}" if target is not None else ""
+    rows = conn.execute(
+        f"SELECT {', '.join(HISTORY_COLUMNS)} FROM get_backup_verification_history(%(days)s) {where}",
+        {"days": days, "target": target},
+    ).fetchall()
+    return [dict(zip(HISTORY_COLUMNS, row)) for row in rows]
+
+
+def cleanup(conn: psycopg.Connection, retention_days: int) -> int:
+    return conn.execute("SELECT cleanup_old_backup_verification_logs(%s)", [retention_days]).fetchone()[0]

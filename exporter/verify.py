@@ -1,0 +1,117 @@
+"""One verification run for one target: ask the backup source, run every check
+that has something configured, record the verdict in backup_verification_log."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+
+import psycopg
+
+from exporter import record
+from exporter.backups import source_for
+from exporter.checks import all_checks
+from exporter.checks.base import CheckContext
+from exporter.checks.runner import run_check
+from exporter.config import Settings, TargetConfig
+from exporter.db import TargetUnreachable, connect, first_line
+from exporter.redact import scrub
+from exporter.result import CheckResult, RunResult
+
+
+def _read_previous(log_conn: psycopg.Connection, target: TargetConfig) -> dict | None:
+    # No log table yet (not migrated) simply means no previous run; log_table reports it.
+    try:
+        with log_conn.transaction():
+            return record.previous_details(log_conn, target.name)
+    except psycopg.Error:
+        return None
+
+
+def _database_size(conn: psycopg.Connection) -> int | None:
+    try:
+        with conn.transaction():
+            return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    except psycopg.Error:
+        return None
+
+
+def _lift_facts(result: RunResult) -> None:
+    # The facts later runs and the metrics read, at a fixed place in verification_details.
+    for check_name, key, fact in (
+        ("row_counts", "row_counts", "row_counts"),
+        ("rls_policies", "policies", "rls_policies"),
+        ("index_coverage", "index_counts", "index_counts"),
+    ):
+        check = result.check(check_name)
+        if check is not None and key in check.data:
+            result.facts[fact] = check.data[key]
+
+
+def verify_target(target: TargetConfig, *, record_result: bool = True, now: datetime | None = None) -> RunResult:
+    started = time.monotonic()
+    result = RunResult(target.name, now or datetime.now(timezone.utc))
+    source = source_for(target.backup)
+    try:
+        conn = connect(target)
+    except TargetUnreachable as exc:
+        result.unreachable = exc.reason
+        result.duration_seconds = time.monotonic() - started
+        if record_result and target.log_dsn:
+            _record(target, result)
+        return result
+
+    with conn:
+        log_conn = conn
+        log_problem = None
+        if target.log_dsn:
+            try:
+                log_conn = connect(target, log=True)
+            except TargetUnreachable as exc:
+                log_conn, log_problem = None, str(exc)
+        try:
+            previous = _read_previous(log_conn, target) if log_conn is not None else None
+            result.backup = source.lookup() if source is not None else None
+            result.facts["server_version_num"] = conn.info.server_version
+            result.facts["database_size_bytes"] = _database_size(conn)
+            ctx = CheckContext(
+                target=target, conn=conn, log_conn=log_conn, backup=result.backup,
+                previous=previous, now=result.verified_at,
+            )
+            for check in all_checks():
+                if not check.applies(target):
+                    continue
+                if check.uses_log_db and log_conn is None:
+                    result.checks.append(CheckResult(check.name, "error", log_problem or "no log database"))
+                    continue
+                result.checks.append(run_check(check, ctx))
+        finally:
+            if log_conn is not None and log_conn is not conn:
+                log_conn.close()
+    _lift_facts(result)
+    result.duration_seconds = time.monotonic() - started
+    if record_result:
+        _record(target, result)
+    return result
+
+
+def _record(target: TargetConfig, result: RunResult) -> None:
+    try:
+        with connect(target, log=True, read_only=False, autocommit=True) as conn:
+            result.id = record.insert(conn, result)
+    except TargetUnreachable as exc:
+        result.record_error = str(exc)
+    except psycopg.Error as exc:
+        message = first_line(exc)
+        if isinstance(exc, psycopg.errors.UndefinedTable):
+            message += " (run `pgbv migrate` first)"
+        result.record_error = scrub(f"target {target.name}: could not record the result: {message}", target.secrets())
+
+
+def verify_all(settings: Settings, targets: list[TargetConfig], *, record_result: bool = True) -> list[RunResult]:
+    """Verify several targets, at most schedule.max_concurrent_targets at a time, in config order."""
+    if len(targets) == 1:
+        return [verify_target(targets[0], record_result=record_result)]
+    with ThreadPoolExecutor(max_workers=settings.schedule.max_concurrent_targets, thread_name_prefix="pgbv-verify") as pool:
+        return list(pool.map(lambda t: verify_target(t, record_result=record_result), targets))
