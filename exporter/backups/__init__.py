@@ -1,0 +1,28 @@
+"""The backup source registry: one module per source, chosen by ``backup.source``."""
+
+from __future__ import annotations
+
+from exporter.backups.base import BackupSource, BackupSourceError, NoBackupFound
+from exporter.backups.directory import DirectoryBackupSource
+
+SOURCES: dict[str, type[BackupSource]] = {
+    "directory": DirectoryBackupSource,
+}
+
+
+def source_for(backup_config) -> BackupSource | None:
+    """The source a target's ``backup`` section describes; None for ``source: none``
+    (the backup checks do not run)."""
+    name = backup_config.source
+    if name == "none":
+        return None
+    try:
+        cls = SOURCES[name]
+    except KeyError:
+        # The config models reject unknown sources first; this catches a model added
+        # there but not registered here.
+        raise ValueError(f"unknown backup source {name!r}; known: {', '.join(sorted(SOURCES))}, none") from None
+    return cls(backup_config)
+
+
+__all__ = ["SOURCES", "BackupSource", "BackupSourceError", "NoBackupFound", "DirectoryBackupSource", "source_for"]

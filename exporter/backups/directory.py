@@ -1,0 +1,165 @@
+"""Backups that are files or folders in one directory: pg_dump archives of any
+format, pg_basebackup folders, or anything else a backup job leaves there.
+
+The newest entry whose name matches the pattern is the backup; its modification
+time is its finish time (for a folder, the newest modification time inside it, as
+a folder's own mtime only changes when its direct entries do).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TypeVar
+
+from exporter.backups.base import BackupSource, BackupSourceError, NoBackupFound
+from exporter.config import DirectoryBackup
+from exporter.result import BackupInfo
+
+T = TypeVar("T")
+
+# Enough for every signature below (tar's magic sits at offset 257).
+HEAD_BYTES = 512
+_PLAIN_DUMP_HEADER = b"--\n-- PostgreSQL database dump"
+
+
+def call_with_timeout(fn: Callable[[], T], timeout: float, what: str) -> T:
+    """fn() in a worker thread; BackupSourceError(f"{what} took longer than ...") when it
+    has not returned within timeout seconds.
+
+    A call stuck in the kernel (a hung NFS mount) cannot be interrupted, so on timeout
+    the worker is abandoned: it is a daemon thread, so it never keeps pgbv from exiting.
+    """
+    outcome: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller, who decides
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name=f"pgbv {what}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise BackupSourceError(f"{what} took longer than {timeout:g}s")
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+def _folder_totals(folder: Path) -> tuple[float, int]:
+    """(newest mtime of the folder and everything in it, bytes of its regular files)."""
+    newest = os.stat(folder).st_mtime
+    size = 0
+    pending = [os.fspath(folder)]
+    while pending:
+        current = pending.pop()
+        try:
+            entries = list(os.scandir(current))
+        except FileNotFoundError:
+            continue  # removed while we walked: a rotation runs next to us
+        for entry in entries:
+            try:
+                # Not following links: a link inside a backup points out of it.
+                info = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            newest = max(newest, info.st_mtime)
+            if stat.S_ISDIR(info.st_mode):
+                pending.append(entry.path)
+            elif stat.S_ISREG(info.st_mode):
+                size += info.st_size
+    return newest, size
+
+
+def file_kind(path: Path) -> str:
+    """What a regular file holds, from its name and first bytes."""
+    name = path.name.lower()
+    with open(path, "rb") as handle:
+        head = handle.read(HEAD_BYTES)
+    if head.startswith(b"PGDMP"):
+        return "pg_dump custom"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        # pg_dump's tar format writes toc.dat as its first member.
+        member = head[:100].split(b"\0", 1)[0]
+        return "pg_dump tar" if member == b"toc.dat" else "tar"
+    if name.endswith(".sql.gz"):
+        return "plain SQL gzip"
+    if name.endswith(".sql") or head.startswith(_PLAIN_DUMP_HEADER):
+        return "plain SQL"
+    return "file"
+
+
+def folder_kind(path: Path) -> str:
+    if (path / "toc.dat").exists():
+        return "pg_dump directory"
+    # backup_manifest since PostgreSQL 13; backup_label for older ones or --no-manifest.
+    if (path / "backup_manifest").exists() or (path / "backup_label").exists():
+        return "pg_basebackup"
+    return "folder"
+
+
+def scan(folder: Path, pattern: str) -> BackupInfo:
+    """The newest matching entry of folder; raises NoBackupFound or BackupSourceError."""
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except FileNotFoundError:
+        raise NoBackupFound(f"folder {folder} does not exist") from None
+    except OSError as exc:
+        raise BackupSourceError(f"cannot read folder {folder}: {exc.strerror or exc}") from None
+
+    best: tuple[float, str, Path, bool, int] | None = None
+    try:
+        for entry in entries:
+            if entry.name.startswith(".") or not fnmatch.fnmatchcase(entry.name, pattern):
+                continue
+            try:
+                # Following a link at the top: "latest.dump -> ..." is a common layout.
+                info = entry.stat(follow_symlinks=True)
+            except FileNotFoundError:
+                continue  # a dangling link, or removed by a rotation since listed
+            if stat.S_ISDIR(info.st_mode):
+                try:
+                    mtime, size = _folder_totals(Path(entry.path))
+                except FileNotFoundError:
+                    continue
+                candidate = (mtime, entry.name, Path(entry.path), True, size)
+            elif stat.S_ISREG(info.st_mode):
+                candidate = (info.st_mtime, entry.name, Path(entry.path), False, info.st_size)
+            else:
+                continue  # FIFOs, sockets, devices: no backup, and reading one could block
+            # Equal times: the greater name wins, which for dated names is the later one.
+            if best is None or candidate[:2] > best[:2]:
+                best = candidate
+        if best is None:
+            raise NoBackupFound(f"no file or folder matching {pattern!r} in {folder}")
+        mtime, name, path, is_folder, size = best
+        kind = folder_kind(path) if is_folder else file_kind(path)
+    except OSError as exc:
+        where = exc.filename or folder
+        raise BackupSourceError(f"cannot read {where}: {exc.strerror or exc}") from None
+    return BackupInfo(id=name, finished_at=_utc(mtime), size_bytes=size, kind=kind, location=str(path))
+
+
+class DirectoryBackupSource(BackupSource):
+    name = "directory"
+
+    def __init__(self, config: DirectoryBackup):
+        self.config = config
+
+    def latest(self) -> BackupInfo:
+        folder = Path(self.config.path)
+        return call_with_timeout(
+            lambda: scan(folder, self.config.pattern), self.config.timeout_seconds, f"scanning {folder}"
+        )
