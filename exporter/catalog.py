@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
 
 def split_name(name: str) -> tuple[str | None, str]:
@@ -43,6 +44,8 @@ class Table:
     rls_enabled: bool
     rls_forced: bool
     ever_analyzed: bool  # vacuumed or analyzed at least once since statistics were last reset
+    policies: int = 0  # row-level security policies on the table
+    valid_indexes: int = 0  # an invalid index (failed CREATE INDEX CONCURRENTLY) serves no query
 
     @property
     def qualified(self) -> str:
@@ -57,7 +60,9 @@ SELECT DISTINCT ON (w.requested)
        w.requested, n.nspname, c.relname, c.oid, c.relkind, c.reltuples, c.relpages,
        c.relrowsecurity, c.relforcerowsecurity,
        (s.last_vacuum IS NOT NULL OR s.last_autovacuum IS NOT NULL
-        OR s.last_analyze IS NOT NULL OR s.last_autoanalyze IS NOT NULL) AS ever_analyzed
+        OR s.last_analyze IS NOT NULL OR s.last_autoanalyze IS NOT NULL) AS ever_analyzed,
+       (SELECT count(*) FROM pg_catalog.pg_policy AS p WHERE p.polrelid = c.oid) AS policies,
+       (SELECT count(*) FROM pg_catalog.pg_index AS i WHERE i.indrelid = c.oid AND i.indisvalid) AS valid_indexes
   FROM wanted AS w
   JOIN pg_catalog.pg_class AS c ON c.relname = w.rel AND c.relkind IN ('r', 'p')
   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
@@ -78,7 +83,7 @@ def find_tables(conn: psycopg.Connection, names: list[str]) -> dict[str, Table]:
         row[0]: Table(
             requested=row[0], schema=row[1], name=row[2], oid=row[3], kind=row[4],
             reltuples=float(row[5]), relpages=int(row[6]), rls_enabled=row[7], rls_forced=row[8],
-            ever_analyzed=bool(row[9]),
+            ever_analyzed=bool(row[9]), policies=int(row[10]), valid_indexes=int(row[11]),
         )
         for row in rows
     }
@@ -155,3 +160,61 @@ def find_functions(conn: psycopg.Connection, names: list[str]) -> dict[str, list
     for row in rows:
         found.setdefault(row[0], []).append(Function(*row))
     return found
+
+
+# Above this many tables an exact count is too heavy to be a catalog check's fallback.
+MAX_EXACT_COUNTS = 100
+
+
+def exact_row_counts(conn: psycopg.Connection, tables: list[Table]) -> dict[int, int]:
+    """count(*) of each table, by oid, in one statement.
+
+    Row-level security would silently count only the rows this role may see;
+    with row_security off, PostgreSQL raises an error instead of a wrong number.
+    """
+    unique = list({table.oid: table for table in tables}.values())
+    if not unique:
+        return {}
+    if len(unique) > MAX_EXACT_COUNTS:
+        raise ValueError(f"at most {MAX_EXACT_COUNTS} exact counts in one statement, got {len(unique)}")
+    conn.execute("SET LOCAL row_security = off")
+    query = sql.SQL(" UNION ALL ").join(
+        sql.SQL("SELECT %s::oid, count(*) FROM {}.{}").format(sql.Identifier(t.schema), sql.Identifier(t.name))
+        for t in unique
+    )
+    rows = conn.execute(query, [t.oid for t in unique]).fetchall()
+    return {int(oid): int(count) for oid, count in rows}
+
+
+@dataclass(frozen=True)
+class Constraint:
+    table_oid: int
+    name: str
+    kind: str  # 'f' foreign key, 'c' check
+    validated: bool
+
+
+_CONSTRAINTS_SQL = """
+SELECT con.conrelid, con.conname, con.contype, con.convalidated
+  FROM pg_catalog.pg_constraint AS con
+ WHERE con.conrelid = ANY (%(oids)s::oid[]) AND con.contype = ANY (%(kinds)s::"char"[])
+ ORDER BY con.conrelid, con.conname
+"""
+
+
+def find_constraints(conn: psycopg.Connection, tables: list[Table], kinds: str = "fc") -> list[Constraint]:
+    """Constraints of the given kinds (pg_constraint.contype letters) on these tables."""
+    if not tables:
+        return []
+    params = {"oids": [t.oid for t in tables], "kinds": list(kinds)}
+    return [Constraint(int(r[0]), r[1], r[2], r[3]) for r in conn.execute(_CONSTRAINTS_SQL, params).fetchall()]
+
+
+def counted(count: int, singular: str, plural: str | None = None) -> str:
+    """'1 table', '7 tables'."""
+    return f"{count} {singular if count == 1 else plural or singular + 's'}"
+
+
+def listing(names: list[str]) -> str:
+    """Names for a one-line message; one with control characters is shown quoted."""
+    return ", ".join(name if name.isprintable() else repr(name) for name in names)

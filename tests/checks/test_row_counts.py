@@ -1,0 +1,189 @@
+"""row_counts against a real database: catalog estimates, exact counts where the
+catalog has none, drops between runs, empty tables, and a constant number of
+statements whatever the number of tables."""
+
+import psycopg
+from psycopg import sql
+
+from exporter.checks.row_counts import CHECK
+from tests.checks.catalog_support import (
+    as_user, dbname, locked, make_tables, role_without_privileges, run_prepared,
+)
+from tests.checks.helpers import check_once
+from tests.conftest import SEED_CHECKS, make_target
+
+SEED_COUNTS = {
+    "organizations": 1, "profiles": 17, "agents": 2, "appointments": 23,
+    "contacts": 10, "call_logs": 4, "knowledge_base_chunks": 8,
+}
+
+
+def _sql(dsn, *statements):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+def test_first_run_on_demo_is_a_clean_pass_from_estimates(demo_db):
+    result = check_once(CHECK, make_target(demo_db))
+    assert result.outcome == "pass", result.message
+    assert result.message == "65 rows in 7 critical tables; no previous run to compare with"
+    assert result.data["row_counts"] == SEED_COUNTS
+    assert set(result.data["row_count_methods"].values()) == {"estimate"}
+
+
+def test_unchanged_second_run_passes(demo_db):
+    first = check_once(CHECK, make_target(demo_db))
+    second = check_once(CHECK, make_target(demo_db), previous={"row_counts": first.data["row_counts"]})
+    assert second.outcome == "pass"
+    assert second.message == "65 rows in 7 critical tables; no drop beyond 10% since the last run"
+
+
+def test_rows_deleted_between_runs_fail_naming_table_and_both_numbers(demo_db):
+    target = make_target(demo_db)
+    first = check_once(CHECK, target)
+    _sql(demo_db, "DELETE FROM appointments WHERE id > 3", "ANALYZE appointments")
+    second = check_once(CHECK, target, previous={"row_counts": first.data["row_counts"]})
+    assert second.outcome == "fail"
+    assert "appointments dropped from 23 to 3 rows (87.0%, more than 10%)" in second.message
+    assert second.data["row_counts"]["appointments"] == 3
+
+
+def test_a_drop_within_the_limit_passes(demo_db):
+    target = make_target(demo_db)
+    first = check_once(CHECK, target)
+    _sql(demo_db, "DELETE FROM appointments WHERE id = 23", "ANALYZE appointments")  # 1 of 23: 4.3%
+    second = check_once(CHECK, target, previous={"row_counts": first.data["row_counts"]})
+    assert second.outcome == "pass", second.message
+    loose = make_target(demo_db, checks={**SEED_CHECKS, "max_row_drop_percent": 4})
+    assert check_once(CHECK, loose, previous={"row_counts": first.data["row_counts"]}).outcome == "fail"
+
+
+def test_previous_without_a_usable_count_is_no_comparison(demo_db):
+    previous = {"row_counts": {"appointments": None, "contacts": "ten"}}
+    result = check_once(CHECK, make_target(demo_db), previous=previous)
+    assert result.outcome == "pass"
+    assert result.message.endswith("no previous run to compare with")
+
+
+def test_truncated_table_is_counted_exactly_and_fails_unless_allowed(demo_db):
+    _sql(demo_db, "TRUNCATE call_logs")
+    result = check_once(CHECK, make_target(demo_db))
+    assert result.outcome == "fail"
+    assert "call_logs is empty" in result.message
+    assert result.data["row_counts"]["call_logs"] == 0
+    assert result.data["row_count_methods"]["call_logs"] == "exact"
+
+    allowed = make_target(demo_db, checks={**SEED_CHECKS, "allow_empty_tables": ["call_logs"]})
+    assert check_once(CHECK, allowed).outcome == "pass"
+
+
+def test_never_analyzed_table_gets_an_exact_count(demo_db):
+    _sql(
+        demo_db,
+        "CREATE TABLE leads (id int) WITH (autovacuum_enabled = false)",
+        "INSERT INTO leads SELECT generate_series(1, 42)",
+    )
+    result = check_once(CHECK, make_target(demo_db, checks={"critical_tables": ["leads", "agents"]}))
+    assert result.outcome == "pass", result.message
+    assert result.data["row_counts"] == {"leads": 42, "agents": 2}
+    assert result.data["row_count_methods"] == {"leads": "exact", "agents": "estimate"}
+
+    # A table new since the last run is not compared, and the message says so.
+    again = check_once(
+        CHECK, make_target(demo_db, checks={"critical_tables": ["leads", "agents"]}), previous={"row_counts": {"agents": 2}}
+    )
+    assert again.outcome == "pass"
+    assert again.message == "44 rows in 2 critical tables; no drop beyond 10% since the last run (no previous count for leads)"
+
+
+def test_exact_count_quotes_schema_and_table_names(demo_db):
+    _sql(
+        demo_db,
+        'CREATE SCHEMA "Sales Ops"',
+        'CREATE TABLE "Sales Ops"."Leads ""2026""" (id int) WITH (autovacuum_enabled = false)',
+        'INSERT INTO "Sales Ops"."Leads ""2026""" SELECT generate_series(1, 5)',
+    )
+    name = 'Sales Ops.Leads "2026"'
+    result = check_once(CHECK, make_target(demo_db, checks={"critical_tables": [name]}))
+    assert result.outcome == "pass", result.message
+    assert result.data["row_counts"] == {name: 5}
+
+
+def test_missing_and_hostile_tables_are_skipped_but_named(demo_db):
+    _sql(demo_db, "CREATE TABLE t (id int)")
+    hostile = 'x"; DROP TABLE t; --'
+    result = check_once(CHECK, make_target(demo_db, checks={"critical_tables": ["agents", hostile]}))
+    assert result.outcome == "pass"
+    assert result.message == f"2 rows in 1 critical table; no previous run to compare with; not found (see critical_tables): {hostile}"
+    assert result.data["row_counts"] == {"agents": 2}
+    with psycopg.connect(demo_db) as conn:
+        assert conn.execute("SELECT to_regclass('public.t') IS NOT NULL").fetchone()[0]
+
+
+def test_constant_statements_and_the_exact_count_limit(make_db):
+    dsn = make_db()
+    names = make_tables(dsn, 200)
+
+    def run(tables):
+        return run_prepared(CHECK, make_target(dsn, checks={"critical_tables": tables}))
+
+    five, five_statements = run(names[:5])
+    hundred, hundred_statements = run(names[:100])
+    assert five.data["row_count_methods"] == dict.fromkeys(names[:5], "exact")
+    assert hundred.outcome == "pass" and hundred.data["row_counts"] == dict.fromkeys(names[:100], 3)
+    assert five_statements == hundred_statements == 3  # find_tables, SET LOCAL row_security, the counts
+
+    # Past the limit nothing is counted exactly: the counts are unknown, said so.
+    over, over_statements = run(names)
+    assert over.outcome == "warn"
+    assert set(over.data["row_count_methods"].values()) == {"unknown"}
+    assert set(over.data["row_counts"].values()) == {None}
+    assert "row count unknown for t000" in over.message and "run ANALYZE" in over.message
+    assert over_statements <= five_statements
+
+    _sql(dsn, "ANALYZE")
+    small, small_statements = run(names[:5])
+    large, large_statements = run(names)
+    assert large.outcome == "pass" and set(large.data["row_count_methods"].values()) == {"estimate"}
+    assert large.data["row_counts"] == dict.fromkeys(names, 3)
+    assert small_statements == large_statements == 1
+
+
+def test_timeout_while_counting_is_an_error(demo_db):
+    _sql(demo_db, "TRUNCATE call_logs")  # now needs an exact count, which waits for the lock
+    with locked(demo_db, "call_logs"):
+        result = check_once(CHECK, make_target(demo_db, statement_timeout_seconds=0.5))
+    assert result.outcome == "error"
+    assert "timed out" in result.message
+
+
+def test_lock_timeout_is_an_error(demo_db):
+    _sql(demo_db, "TRUNCATE call_logs")
+    with locked(demo_db, "call_logs"):
+        result = check_once(CHECK, make_target(demo_db, statement_timeout_seconds=10))
+    assert result.outcome == "error"
+    assert "lock_timeout" in result.message
+
+
+def test_no_select_privilege_is_an_error(demo_db, pg_server):
+    _sql(demo_db, "TRUNCATE call_logs")
+    with role_without_privileges(pg_server, dbname(demo_db)) as role:
+        result = check_once(CHECK, make_target(as_user(demo_db, role)))
+    assert result.outcome == "error"
+    assert result.message.startswith("permission denied")
+
+
+def test_rows_hidden_by_row_level_security_are_an_error_not_an_empty_table(demo_db, pg_server):
+    _sql(
+        demo_db,
+        "CREATE TABLE secrets (id int) WITH (autovacuum_enabled = false)",
+        "INSERT INTO secrets SELECT generate_series(1, 7)",
+        "ALTER TABLE secrets ENABLE ROW LEVEL SECURITY",
+        "CREATE POLICY nothing ON secrets USING (false)",
+    )
+    with role_without_privileges(pg_server, dbname(demo_db)) as role:
+        pg_server.execute(sql.SQL("GRANT SELECT ON secrets TO {}").format(sql.Identifier(role)), dbname=dbname(demo_db))
+        result = check_once(CHECK, make_target(as_user(demo_db, role), checks={"critical_tables": ["secrets"]}))
+    assert result.outcome == "error"
+    assert "row-level security" in result.message
