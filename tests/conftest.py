@@ -113,6 +113,13 @@ SEED_CHECKS: dict[str, Any] = {
 }
 
 
+def execute(dsn: str, *statements: str) -> None:
+    """Run statements on a test database, each committed (plants faults as an operator would)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
 def make_target(dsn: str, name: str = "app", checks: dict[str, Any] | None = None, **fields: Any) -> TargetConfig:
     """A TargetConfig as a user would write it: the seed's checks unless told otherwise."""
     data: dict[str, Any] = {"name": name, "dsn": dsn, "checks": SEED_CHECKS if checks is None else checks}

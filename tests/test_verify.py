@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from exporter.pgtools import find_tool, run_tool
-from tests.conftest import SEED_CHECKS
+from tests.conftest import SEED_CHECKS, execute
 
 PASSWORD = "Sup3r-s3cret-pw"  # trust auth ignores it; it must still never be shown
 
@@ -62,12 +62,6 @@ def verify_json(config: Path, *extra: str) -> tuple[int, dict]:
 
 def outcomes(report: dict) -> dict[str, str]:
     return {check["name"]: check["outcome"] for check in report["checks"]}
-
-
-def execute(dsn: str, *statements: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for statement in statements:
-            conn.execute(statement)
 
 
 def test_healthy_database_is_a_clean_success_and_is_recorded(demo_db, backup_dir, tmp_path):

@@ -8,13 +8,7 @@ from tests.checks.catalog_support import (
     as_user, dbname, make_tables, role_without_privileges, run_prepared, run_while_locked,
 )
 from tests.checks.helpers import check_once
-from tests.conftest import make_target
-
-
-def _sql(dsn, *statements):
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for statement in statements:
-            conn.execute(statement)
+from tests.conftest import make_target, execute as _sql
 
 
 def test_demo_passes(demo_db):

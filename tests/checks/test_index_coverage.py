@@ -6,18 +6,12 @@ import pytest
 from exporter.checks.index_coverage import CHECK
 from tests.checks.catalog_support import make_tables, run_prepared, run_while_locked
 from tests.checks.helpers import check_once
-from tests.conftest import make_target
+from tests.conftest import make_target, execute as _sql
 
 SEED_INDEXES = {
     "organizations": 3, "profiles": 1, "agents": 2, "appointments": 3, "contacts": 2,
     "call_logs": 2, "knowledge_base_chunks": 1, "webhook_delivery_log": 2, "audit_logs": 1,
 }
-
-
-def _sql(dsn, *statements):
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for statement in statements:
-            conn.execute(statement)
 
 
 def test_demo_passes(demo_db):

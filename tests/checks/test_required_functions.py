@@ -5,13 +5,7 @@ import psycopg
 from exporter.checks.required_functions import CHECK
 from tests.checks.catalog_support import run_while_locked
 from tests.checks.helpers import check_once
-from tests.conftest import make_target
-
-
-def _sql(dsn, *statements):
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for statement in statements:
-            conn.execute(statement)
+from tests.conftest import execute as _sql, make_target
 
 
 def test_demo_passes(demo_db):

@@ -5,18 +5,12 @@ import psycopg
 from exporter.checks.rls_policies import CHECK
 from tests.checks.catalog_support import make_tables, run_prepared, run_while_locked
 from tests.checks.helpers import check_once
-from tests.conftest import SEED_CHECKS, make_target
+from tests.conftest import SEED_CHECKS, make_target, execute as _sql
 
 SEED_POLICIES = {
     "organizations": 3, "profiles": 1, "agents": 4, "appointments": 5,
     "contacts": 5, "call_logs": 3, "knowledge_base_chunks": 2,
 }
-
-
-def _sql(dsn, *statements):
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for statement in statements:
-            conn.execute(statement)
 
 
 def test_demo_passes(demo_db):

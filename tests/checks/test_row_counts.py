@@ -10,18 +10,12 @@ from tests.checks.catalog_support import (
     as_user, dbname, locked, make_tables, role_without_privileges, run_prepared,
 )
 from tests.checks.helpers import check_once
-from tests.conftest import SEED_CHECKS, make_target
+from tests.conftest import SEED_CHECKS, make_target, execute as _sql
 
 SEED_COUNTS = {
     "organizations": 1, "profiles": 17, "agents": 2, "appointments": 23,
     "contacts": 10, "call_logs": 4, "knowledge_base_chunks": 8,
 }
-
-
-def _sql(dsn, *statements):
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for statement in statements:
-            conn.execute(statement)
 
 
 def test_first_run_on_demo_is_a_clean_pass_from_estimates(demo_db):
