@@ -1,0 +1,180 @@
+"""The immutable picture the metrics are served from.
+
+It is rebuilt from the log table after every run and every refresh_seconds, so
+every replica serves the same values and a restarted daemon serves the last
+verdict at once. A scrape only reads the current Snapshot object; it never
+queries a database.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+
+from exporter.config import Settings, TargetConfig
+
+STATUSES = ("success", "warning", "failure")
+RATIO_WINDOWS = {"7d": 7, "30d": 30}
+
+
+@dataclass(frozen=True)
+class TargetSnapshot:
+    name: str
+    up: bool = False  # the last attempt to reach the target succeeded
+    last_run_timestamp: float | None = None
+    last_success_timestamp: float | None = None
+    last_status: str | None = None
+    last_duration_seconds: float | None = None
+    checks_passed: int = 0
+    checks_warned: int = 0
+    checks_failed: int = 0
+    check_success: dict[str, int] = field(default_factory=dict)  # check name -> 1 passed/warned, 0 failed/errored
+    backup_completion_timestamp: float | None = None
+    backup_age_seconds: float | None = None
+    backup_size_bytes: int | None = None
+    database_size_bytes: int | None = None
+    table_rows: dict[str, int] = field(default_factory=dict)
+    rls_policies: dict[str, int] = field(default_factory=dict)
+    success_ratio: dict[str, float | None] = field(default_factory=dict)  # window ("7d", "30d") -> share
+    warn_age_seconds: float | None = None  # None when the target has no backup source
+    max_age_seconds: float | None = None
+    success_ratio_min: float = 0.0
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    targets: tuple[TargetSnapshot, ...]
+    schedule_interval_seconds: float
+    next_run_timestamp: float | None = None
+    spool_rows: int = 0
+    built_at: float = field(default_factory=time.time)
+
+
+def configured(target: TargetConfig) -> TargetSnapshot:
+    """What is known of a target before anything was read: its limits, zeros elsewhere."""
+    backup = target.backup
+    has_backup = backup.source != "none"
+    return TargetSnapshot(
+        name=target.name,
+        warn_age_seconds=backup.warn_age_hours * 3600 if has_backup else None,
+        max_age_seconds=backup.max_age_hours * 3600 if has_backup else None,
+        success_ratio_min=target.checks.min_success_ratio,
+    )
+
+
+def schedule_interval_seconds(settings: Settings) -> float:
+    if settings.schedule.interval_minutes:
+        return settings.schedule.interval_minutes * 60.0
+    return 86400.0
+
+
+def empty(settings: Settings) -> Snapshot:
+    return Snapshot(
+        targets=tuple(configured(t) for t in settings.targets),
+        schedule_interval_seconds=schedule_interval_seconds(settings),
+    )
+
+
+_BELONGS = "coalesce(verification_details->>'target', %(target)s) = %(target)s"
+
+_LATEST_SQL = f"""
+SELECT verified_at, status, verification_details
+  FROM backup_verification_log
+ WHERE {_BELONGS}
+ ORDER BY verified_at DESC
+ LIMIT 1
+"""
+
+_LAST_SUCCESS_SQL = f"""
+SELECT verified_at FROM backup_verification_log
+ WHERE status = 'success' AND {_BELONGS}
+ ORDER BY verified_at DESC
+ LIMIT 1
+"""
+
+_RATIOS_SQL = f"""
+SELECT count(*) FILTER (WHERE verified_at >= %(since_7d)s),
+       count(*) FILTER (WHERE verified_at >= %(since_7d)s AND status = 'success'),
+       count(*),
+       count(*) FILTER (WHERE status = 'success')
+  FROM backup_verification_log
+ WHERE verified_at >= %(since_30d)s AND verified_at <= %(now)s AND {_BELONGS}
+"""
+
+
+def _ts(moment: Any) -> float | None:
+    if isinstance(moment, datetime):
+        return moment.timestamp()
+    if isinstance(moment, str):
+        try:
+            return datetime.fromisoformat(moment).timestamp()
+        except ValueError:
+            return None
+    return None
+
+
+def _int_map(value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): int(v) for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def read_target(conn: psycopg.Connection, target: TargetConfig, up: bool, now: datetime | None = None) -> TargetSnapshot:
+    """The target's picture from its log database (3 statements, whatever the table's size)."""
+    now = now or datetime.now(timezone.utc)
+    base = configured(target)
+    params = {"target": target.name}
+    latest = conn.execute(_LATEST_SQL, params).fetchone()
+    last_success = conn.execute(_LAST_SUCCESS_SQL, params).fetchone()
+    ratios = conn.execute(
+        _RATIOS_SQL,
+        dict(params, now=now, since_7d=now - timedelta(days=7), since_30d=now - timedelta(days=30)),
+    ).fetchone()
+    success_ratio = {
+        "7d": ratios[1] / ratios[0] if ratios[0] else None,
+        "30d": ratios[3] / ratios[2] if ratios[2] else None,
+    }
+    if latest is None:
+        return TargetSnapshot(**{**base.__dict__, "up": up, "success_ratio": success_ratio})
+    verified_at, status, details = latest
+    details = details if isinstance(details, dict) else {}
+    checks = [c for c in details.get("checks") or [] if isinstance(c, dict)]
+    outcomes = [c.get("outcome") for c in checks]
+    backup = details.get("backup") if isinstance(details.get("backup"), dict) else None
+    completion = _ts(backup.get("finished_at")) if backup else None
+    duration = details.get("duration_seconds")
+    return TargetSnapshot(
+        **{
+            **base.__dict__,
+            "up": up,
+            "last_run_timestamp": verified_at.timestamp() + (duration if isinstance(duration, (int, float)) else 0.0),
+            "last_success_timestamp": _success_end(last_success, details, verified_at),
+            "last_status": status,
+            "last_duration_seconds": float(duration) if isinstance(duration, (int, float)) else None,
+            "checks_passed": sum(1 for o in outcomes if o == "pass"),
+            "checks_warned": sum(1 for o in outcomes if o == "warn"),
+            "checks_failed": sum(1 for o in outcomes if o in ("fail", "error")),
+            "check_success": {str(c.get("name")): 0 if c.get("outcome") in ("fail", "error") else 1 for c in checks},
+            "backup_completion_timestamp": completion,
+            "backup_age_seconds": (verified_at.timestamp() - completion) if completion is not None else None,
+            "backup_size_bytes": backup.get("size_bytes") if backup else None,
+            "database_size_bytes": details.get("database_size_bytes"),
+            "table_rows": _int_map(details.get("row_counts")),
+            "rls_policies": _int_map(details.get("rls_policies")),
+            "success_ratio": success_ratio,
+        }
+    )
+
+
+def _success_end(row: Any, latest_details: dict, latest_verified_at: datetime) -> float | None:
+    if row is None:
+        return None
+    # verified_at is the run's start; the success happened at its end. The duration is
+    # only at hand for the newest row, and a run lasts seconds, so the start is close enough otherwise.
+    if row[0] == latest_verified_at and isinstance(latest_details.get("duration_seconds"), (int, float)):
+        return row[0].timestamp() + latest_details["duration_seconds"]
+    return row[0].timestamp()
