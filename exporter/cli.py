@@ -166,7 +166,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from exporter.demo import run_demo
 
-    return run_demo(folder=args.dir, keep=args.keep, fmt=args.format)
+    return run_demo(folder=args.dir, keep=args.keep, fmt=args.format, once=args.once, listen=args.listen)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from exporter.daemon import run_daemon
+
+    return run_daemon(load_settings(args.config))
 
 
 # --- parser ----------------------------------------------------------------------------
@@ -192,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", "-c", metavar="FILE", help="YAML configuration (default: $PGBV_CONFIG)")
 
     formats = ("text", "json", "markdown")
+
+    p = command("run", cmd_run, "The daemon: verify on schedule, serve /metrics, until SIGTERM or SIGINT (exit 0).")
+    config_arg(p)
 
     p = command("verify", cmd_verify, "Verify every target (or one) now, record the result and print a report.")
     config_arg(p)
@@ -219,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", metavar="FOLDER", help="keep the demo's database and backups here (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="leave the embedded PostgreSQL running and its folder in place")
     p.add_argument("--format", choices=formats, default="markdown", help="report format (default: markdown)")
+    p.add_argument("--once", action="store_true", help="print the report and stop, instead of running the daemon until Ctrl-C")
+    p.add_argument("--listen", default="127.0.0.1:10047", metavar="HOST:PORT",
+                   help="where the demo daemon serves /metrics (default: 127.0.0.1:10047; port 0 picks a free one)")
     return parser
 
 

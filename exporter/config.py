@@ -266,7 +266,9 @@ class ScheduleConfig(_Strict):
 
 class HttpConfig(_Strict):
     listen: str = Field("0.0.0.0:10047", description="host:port of /metrics; port 0 picks a free port.")
-    web_config_file: Path | None = Field(None, description="exporter-toolkit style web config: TLS and basic auth.")
+    web_config_file: None = Field(
+        None, description="Reserved for an exporter-toolkit style web config (TLS, basic auth), not in this version yet; must be null."
+    )
 
     @field_validator("listen")
     @classmethod

@@ -24,6 +24,7 @@ _BELONGS_TO_TARGET = "coalesce(verification_details->>'target', %(target)s) = %(
 def row_values(result: RunResult) -> dict[str, Any]:
     info = result.backup.info if result.backup is not None else None
     return {
+        "id": result.id,
         "verified_at": result.verified_at,
         "backup_id": info.id if info else None,
         "backup_age_hours": int(round(info.age_hours(result.verified_at))) if info else None,
@@ -37,19 +38,26 @@ def row_values(result: RunResult) -> dict[str, Any]:
 
 
 def insert(conn: psycopg.Connection, result: RunResult) -> uuid.UUID:
-    """Write one run; returns the new row's id."""
-    row = conn.execute(
+    """Write one run; returns its id.
+
+    The id is made here, not by the database, and a second insert of the same
+    id does nothing: when a connection drops after the server committed, the
+    same result may be spooled and replayed without making a second row.
+    """
+    if result.id is None:
+        result.id = uuid.uuid4()
+    conn.execute(
         """
         INSERT INTO backup_verification_log
-            (verified_at, backup_id, backup_age_hours, backup_size_mb, status,
+            (id, verified_at, backup_id, backup_age_hours, backup_size_mb, status,
              checks_passed, checks_failed, error_details, verification_details)
-        VALUES (%(verified_at)s, %(backup_id)s, %(backup_age_hours)s, %(backup_size_mb)s, %(status)s,
+        VALUES (%(id)s, %(verified_at)s, %(backup_id)s, %(backup_age_hours)s, %(backup_size_mb)s, %(status)s,
                 %(checks_passed)s, %(checks_failed)s, %(error_details)s, %(verification_details)s)
-        RETURNING id
+        ON CONFLICT (id) DO NOTHING
         """,
         row_values(result),
-    ).fetchone()
-    return row[0]
+    )
+    return result.id
 
 
 def previous_details(conn: psycopg.Connection, target: str) -> dict[str, Any] | None:

