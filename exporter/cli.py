@@ -129,30 +129,17 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:
-    import psycopg
-
     from exporter import record
-    from exporter.db import TargetUnreachable, connect, first_line
 
     settings = load_settings(args.config)
     days = args.retention_days or settings.retention_days
     code = EXIT_OK
-    done: set[str] = set()
-    for target in settings.targets:
-        where = target.log_dsn or target.dsn
-        if where in done:  # several targets sharing one log database: clean it once
-            continue
-        try:
-            with connect(target, log=True, read_only=False, autocommit=True) as conn:
-                deleted = record.cleanup(conn, days)
-            done.add(where)
+    for target, deleted, problem in record.cleanup_targets(settings.targets, days):
+        if problem is not None:
+            _say(problem)
+            code = EXIT_UNKNOWN
+        else:
             print(f"target {target.name}: deleted {deleted} rows older than {days} days")
-        except TargetUnreachable as exc:
-            _say(str(exc))
-            code = EXIT_UNKNOWN
-        except psycopg.Error as exc:
-            _say(f"target {target.name}: cleanup failed: {first_line(exc)}")
-            code = EXIT_UNKNOWN
     return code
 
 

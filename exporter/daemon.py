@@ -202,18 +202,12 @@ class Daemon:
             targets=tuple(pictures),
             schedule_interval_seconds=self.period,
             next_run_timestamp=self.next_run_timestamp(),
-            spool_rows=self._spool_rows(),
+            spool_rows=self._spool_pending(),
         )
         return self._snapshot
 
-    def _spool_rows(self) -> int:
-        try:
-            return self.spool.pending()
-        except SpoolError as exc:
-            log.error("cannot read the spool: %s", exc)
-            return 0
-
-    def _spool_pending(self, target: str) -> int:
+    def _spool_pending(self, target: str | None = None) -> int:
+        # An unreadable spool must not stop the refresh: it is logged and shown as empty.
         try:
             return self.spool.pending(target)
         except SpoolError as exc:
@@ -265,19 +259,13 @@ class Daemon:
             self._refresh_now.clear()
 
     def cleanup(self) -> None:
-        done = set()
-        for target in self.settings.targets:
-            where = target.log_dsn or target.dsn
-            if where in done:
-                continue
-            try:
-                with connect(target, log=True, read_only=False, autocommit=True) as conn:
-                    deleted = record.cleanup(conn, self.settings.retention_days)
-                done.add(where)
-                log.info("target %s: cleanup deleted %d rows older than %d days", target.name, deleted,
-                         self.settings.retention_days, extra={"target": target.name})
-            except (TargetUnreachable, psycopg.Error) as exc:
-                log.warning("target %s: cleanup failed: %s", target.name, scrub(first_line(exc), self._secrets))
+        days = self.settings.retention_days
+        for target, deleted, problem in record.cleanup_targets(self.settings.targets, days):
+            if problem is not None:
+                log.warning("%s", problem, extra={"target": target.name})
+            else:
+                log.info("target %s: cleanup deleted %d rows older than %d days", target.name, deleted, days,
+                         extra={"target": target.name})
 
     # --- life cycle ---------------------------------------------------------------------
 

@@ -9,11 +9,14 @@ from the seed's procedure) have no target and are read as belonging to any targe
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
+from exporter.config import TargetConfig
+from exporter.redact import scrub
 from exporter.result import RunResult
 
 MIB = 1024 * 1024
@@ -91,3 +94,25 @@ def history(conn: psycopg.Connection, days: int, target: str | None = None) -> l
 
 def cleanup(conn: psycopg.Connection, retention_days: int) -> int:
     return conn.execute("SELECT cleanup_old_backup_verification_logs(%s)", [retention_days]).fetchone()[0]
+
+
+def cleanup_targets(targets: list[TargetConfig], retention_days: int) -> Iterator[tuple[TargetConfig, int | None, str | None]]:
+    """Clean every log database once (targets may share one): (target, rows deleted, or the reason it failed)."""
+    from exporter.db import TargetUnreachable, connect, first_line
+
+    done: set[str] = set()
+    for target in targets:
+        where = target.log_dsn or target.dsn
+        if where in done:
+            continue
+        try:
+            with connect(target, log=True, read_only=False, autocommit=True) as conn:
+                deleted = cleanup(conn, retention_days)
+        except TargetUnreachable as exc:
+            yield target, None, str(exc)
+            continue
+        except psycopg.Error as exc:
+            yield target, None, scrub(f"target {target.name}: cleanup failed: {first_line(exc)}", target.secrets())
+            continue
+        done.add(where)
+        yield target, deleted, None
