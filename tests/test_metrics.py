@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import re
 import subprocess
 import threading
 import time
@@ -411,3 +412,12 @@ def test_render_of_ten_targets_with_fifty_tables_is_quick():
     assert len(found["pgbv_table_rows"]) == len(found["pgbv_rls_policies"]) == 500
     # Generous: it takes a few ms; the bound only catches an accidental quadratic.
     assert elapsed < 1.0, f"render took {elapsed:.3f} s for {len(body)} bytes"
+
+
+def test_docs_list_exactly_the_exported_metrics():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    exported = {line.split()[2] for line in (root / "tests/golden/full.prom").read_text().splitlines() if line.startswith("# HELP")}
+    documented = set(re.findall(r"^\| `(pgbv_[a-z_]+)` \|", (root / "docs/metrics.md").read_text(), re.MULTILINE))
+    assert documented == exported
