@@ -77,13 +77,69 @@ class DirectoryBackup(_BackupCommon):
     )
 
 
+class PgBackRestBackup(_BackupCommon):
+    """pgBackRest: `pgbackrest --stanza=S [--config=F] [--repo=N] info --output=json`."""
+
+    source: Literal["pgbackrest"]
+    stanza: str = Field(description="The stanza to read.")
+    config_file: Path | None = Field(None, description="pgbackrest.conf to use (--config); default: pgBackRest's own.")
+    binary: str = Field(
+        "pgbackrest",
+        description="The pgbackrest program, or a wrapper that runs it as the repository's owner "
+        "(e.g. a script doing `exec runuser -u postgres -- pgbackrest \"$@\"`).",
+    )
+    repo: int | None = Field(None, ge=1, le=256, description="Only this repository (--repo); default: all.")
+    verify: bool = Field(
+        False, description="`backup_readable` runs `pgbackrest verify` (reads every file of the repository: can be slow)."
+    )
+
+
+class WalgBackup(_BackupCommon):
+    """WAL-G: `wal-g backup-list --detail --json`."""
+
+    source: Literal["walg"]
+    binary: str = Field("wal-g", description="The wal-g program, or a wrapper.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment for wal-g (WALG_S3_PREFIX, AWS_..., PGHOST...); values are treated as secrets in output.",
+    )
+    wal_verify: bool = Field(
+        False, description="`backup_readable` also runs `wal-g wal-verify integrity --json` and fails on a WAL gap."
+    )
+
+
+class BarmanBackup(_BackupCommon):
+    """Barman: `barman -f json show-backup SERVER latest` and `list-backups`."""
+
+    source: Literal["barman"]
+    server: str = Field(description="The Barman server name.")
+    binary: str = Field("barman", description="The barman program, or a wrapper that runs it as the barman user.")
+    config_file: Path | None = Field(None, description="barman.conf to use (-c); default: Barman's own.")
+
+
+class CommandBackup(_BackupCommon):
+    """Any program that prints `{"id": ..., "finished_at": ..., "size_bytes": ...}` as JSON."""
+
+    source: Literal["command"]
+    command: list[str] = Field(
+        min_length=1,
+        description="argv of the program (no shell). It prints one JSON object: id, finished_at "
+        "(ISO 8601 with a zone), size_bytes; `{}` or `null` means there is no backup.",
+    )
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for the program; values are secrets.")
+
+
 class NoBackup(_Strict):
     """No backup source: the backup checks are not run."""
 
     source: Literal["none"] = "none"
 
 
-BackupConfig = Annotated[Union[DirectoryBackup, NoBackup], Field(discriminator="source")]
+BackupConfig = Annotated[
+    Union[DirectoryBackup, PgBackRestBackup, WalgBackup, BarmanBackup, CommandBackup, NoBackup],
+    Field(discriminator="source"),
+]
+BACKUP_SOURCES = ("directory", "pgbackrest", "walg", "barman", "command", "none")
 
 
 # --- checks ----------------------------------------------------------------------------
@@ -121,8 +177,10 @@ class ChecksConfig(_Strict):
     min_success_ratio: float = Field(
         0.9, ge=0, le=1, description="`success_rate` fails when the share of successful runs over 7 days is below this."
     )
-    wal_archiving_max_age_minutes: None = Field(
-        None, description="Reserved for the `wal_archiving` check, which this version does not have yet; must be null."
+    wal_archiving_max_age_minutes: float | None = Field(
+        None, gt=0,
+        description="`wal_archiving` (from pg_stat_archiver) fails when the last archived WAL is older than this, "
+        "or when archiving is failing; unset, the check does not run.",
     )
 
     @field_validator("min_policies")
@@ -234,6 +292,9 @@ class TargetConfig(_Strict):
         for secret in (self.password, self.log_password):
             if secret is not None and secret.get_secret_value():
                 found.append(secret.get_secret_value())
+        for value in getattr(self.backup, "env", {}).values():
+            if value:
+                found.append(value)
         if self.password_file is not None:
             try:
                 value = self.resolved_password()
@@ -385,14 +446,14 @@ def _overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any
 
 
 def _describe(error: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in error["loc"] if not (isinstance(p, str) and p in ("directory", "none")))
+    loc = ".".join(str(p) for p in error["loc"] if not (isinstance(p, str) and p in BACKUP_SOURCES))
     message = error["msg"]
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     elif error["type"] == "missing":
         message = "required key is missing"
     elif error["type"] == "union_tag_invalid":
-        message = f"unknown backup source {error['input'].get('source')!r}; known: directory, none" if isinstance(error.get("input"), dict) else message
+        message = f"unknown backup source {error['input'].get('source')!r}; known: {', '.join(BACKUP_SOURCES)}" if isinstance(error.get("input"), dict) else message
     message = message.removeprefix("Value error, ")
     return f"{loc}: {message}" if loc else message
 
@@ -443,4 +504,8 @@ def masked(settings: Settings) -> dict[str, Any]:
         for key in ("password", "log_password"):
             if target.get(key) is not None:
                 target[key] = "********"
+        # A backup tool's environment carries its credentials (AWS keys, passwords).
+        env = target["backup"].get("env")
+        if env:
+            target["backup"]["env"] = {name: "********" for name in env}
     return data

@@ -8,7 +8,7 @@ import typing
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from exporter.config import DirectoryBackup, NoBackup, Settings
+from exporter.config import BarmanBackup, CommandBackup, DirectoryBackup, NoBackup, PgBackRestBackup, Settings, WalgBackup
 
 HEADER = """# Configuration reference
 
@@ -63,7 +63,7 @@ def render() -> str:
     lines = [HEADER]
     lines += _section("Top level", Settings, "")
     lines += ["## Backup sources", "", "`backup.source` selects one; each has its own keys.", ""]
-    for model in (DirectoryBackup, NoBackup):
+    for model in (DirectoryBackup, PgBackRestBackup, WalgBackup, BarmanBackup, CommandBackup, NoBackup):
         source = model.model_fields["source"].annotation.__args__[0]
         lines += _section(f"`source: {source}`", model, "targets[].backup.")
     return "\n".join(lines).rstrip() + "\n"

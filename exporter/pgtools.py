@@ -142,7 +142,7 @@ def run_tool(
         err_text = err.decode(errors="replace")
         said = _tail(err_text)
         raise ToolError(
-            f"{label} took longer than {timeout:g}s and was stopped" + (f"; it said: {said}" if said else ""),
+            f"{label} timed out after {timeout:g} s and was stopped" + (f"; it said: {said}" if said else ""),
             returncode=proc.returncode,
             stderr=err_text,
             timed_out=True,

@@ -54,8 +54,11 @@ class BackupInfo:
     id: str
     finished_at: datetime  # timezone-aware
     size_bytes: int | None
-    kind: str  # e.g. "pg_dump custom", "pg_dump directory", "file"
+    kind: str  # e.g. "pg_dump custom", "pg_dump directory", "file", "pgbackrest full"
     location: str = ""
+    # What else the source said about it (pgBackRest's stanza status, WAL range,
+    # repository size...): JSON-able, stored in verification_details.
+    details: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def age_hours(self, now: datetime) -> float:
         return (now - self.finished_at).total_seconds() / 3600
@@ -68,6 +71,7 @@ class BackupInfo:
             "size_bytes": self.size_bytes,
             "kind": self.kind,
             "location": self.location,
+            **({"details": self.details} if self.details else {}),
         }
 
 

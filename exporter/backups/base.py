@@ -17,12 +17,29 @@ class BackupSourceError(Exception):
     the backup checks are errors. The message carries the tool's own words."""
 
 
+class BackupUnreadable(Exception):
+    """The backup was read and is damaged (truncated, corrupt, missing files):
+    backup_readable fails. The message names the file and quotes the tool."""
+
+
 class BackupSource(ABC):
     name: str
 
     @abstractmethod
     def latest(self) -> BackupInfo:
         """The newest backup; raises NoBackupFound or BackupSourceError."""
+
+    def checks_readable(self) -> bool:
+        """Whether backup_readable has something to run for this source as configured."""
+        return False
+
+    def verify_readable(self, info: BackupInfo, server_version_num: int | None, pg_bin_dir=None) -> str:
+        """Read the backup through (or have its tool verify it); return what was proved.
+
+        Raises BackupUnreadable (the backup is damaged: fail) or BackupSourceError
+        (the verification could not run: error).
+        """
+        raise BackupSourceError(f"the {self.name} source has no readability check")
 
     def lookup(self) -> BackupLookup:
         started = time.monotonic()
