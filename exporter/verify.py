@@ -43,6 +43,7 @@ def _lift_facts(result: RunResult) -> None:
         ("row_counts", "row_counts", "row_counts"),
         ("rls_policies", "policies", "rls_policies"),
         ("index_coverage", "index_counts", "index_counts"),
+        ("wal_archiving", "wal_archiving", "wal_archiving"),
     ):
         check = result.check(check_name)
         if check is not None and key in check.data:
