@@ -33,6 +33,24 @@ def _number(value: Any) -> int | None:
     return int(value)
 
 
+def count_rows(conn, tables: list[Table]) -> tuple[dict[str, int | None], dict[str, str]]:
+    """Rows per table (by the name asked for): the catalog estimate, else an exact count
+    (all in one statement), else None when too many tables would need one. Also used
+    on the live database by restore drills, to compare a restored copy with it."""
+    to_count = [table for table in tables if _needs_exact(table)]
+    exact = exact_row_counts(conn, to_count) if len({t.oid for t in to_count}) <= MAX_EXACT_COUNTS else {}
+    counts: dict[str, int | None] = {}
+    methods: dict[str, str] = {}
+    for table in tables:
+        if not _needs_exact(table):
+            counts[table.requested], methods[table.requested] = round(table.reltuples), "estimate"
+        elif table.oid in exact:
+            counts[table.requested], methods[table.requested] = exact[table.oid], "exact"
+        else:
+            counts[table.requested], methods[table.requested] = None, "unknown"
+    return counts, methods
+
+
 class RowCountsCheck(Check):
     name = "row_counts"
     title = "Row counts"
@@ -48,7 +66,7 @@ class RowCountsCheck(Check):
         tables = [found[name] for name in names if name in found]
         missing = [name for name in names if name not in found]
 
-        counts, methods = self._count(ctx, tables)
+        counts, methods = count_rows(ctx.conn, tables)
         allowed_empty = set(checks.allow_empty_tables)
         limit = checks.max_row_drop_percent
         previous = _previous_counts(ctx.previous)
@@ -92,20 +110,5 @@ class RowCountsCheck(Check):
         return self.result(
             outcome, "; ".join(parts), counts, expected, row_counts=counts, row_count_methods=methods,
         )
-
-    def _count(self, ctx: CheckContext, tables: list[Table]) -> tuple[dict[str, int | None], dict[str, str]]:
-        to_count = [table for table in tables if _needs_exact(table)]
-        exact = exact_row_counts(ctx.conn, to_count) if len({t.oid for t in to_count}) <= MAX_EXACT_COUNTS else {}
-        counts: dict[str, int | None] = {}
-        methods: dict[str, str] = {}
-        for table in tables:
-            if not _needs_exact(table):
-                counts[table.requested], methods[table.requested] = round(table.reltuples), "estimate"
-            elif table.oid in exact:
-                counts[table.requested], methods[table.requested] = exact[table.oid], "exact"
-            else:
-                counts[table.requested], methods[table.requested] = None, "unknown"
-        return counts, methods
-
 
 CHECK = RowCountsCheck()
