@@ -193,9 +193,32 @@ class ChecksConfig(_Strict):
 
 
 class RestoreConfig(_Strict):
-    enabled: Literal[False] = Field(
-        False, description="Restore drills are not in this version yet; only `false` is accepted."
+    enabled: bool = Field(False, description="Run restore drills for this target.")
+    interval_days: float = Field(
+        7, gt=0, description="A run drills when the last successful drill is older than this; `pgbv restore-drill` drills now."
     )
+    scratch_dsn: str | None = Field(
+        None,
+        description="A server where pgbv may CREATE and DROP its pgbv_restore_* databases; default: the target's own server.",
+    )
+    scratch_password: SecretStr | None = Field(None, description="Password for scratch_dsn; default: the target's.")
+    jobs: int = Field(2, ge=1, le=64, description="pg_restore --jobs.")
+    timeout_minutes: float = Field(60, gt=0, description="A drill is stopped and cleaned up after this.")
+    rto_minutes: float = Field(60, gt=0, description="A drill slower than this warns (the recovery time objective).")
+    pg_bin_dir: Path | None = Field(
+        None, description="PostgreSQL binaries for physical restores (same major version as the backup); default: as for the target."
+    )
+    amcheck: bool = Field(False, description="Verify the restored copy's B-tree indexes with pg_amcheck, when amcheck is available.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _move_scratch_password(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("scratch_dsn"), str):
+            data = dict(data)
+            data["scratch_dsn"], password = split_password(data["scratch_dsn"])
+            if password is not None and data.get("scratch_password") is None:
+                data["scratch_password"] = password
+        return data
 
 
 # --- targets ---------------------------------------------------------------------------
@@ -269,6 +292,14 @@ class TargetConfig(_Strict):
                     data[password_key] = password
         return data
 
+    def scratch_dsn_and_password(self) -> tuple[str, str | None]:
+        """Where drills create their scratch databases, and with which password."""
+        if self.restore.scratch_dsn is None:
+            return self.dsn, self.resolved_password()
+        if self.restore.scratch_password is not None:
+            return self.restore.scratch_dsn, self.restore.scratch_password.get_secret_value()
+        return self.restore.scratch_dsn, self.resolved_password()
+
     def resolved_password(self) -> str | None:
         if self.password is not None:
             return self.password.get_secret_value()
@@ -289,7 +320,7 @@ class TargetConfig(_Strict):
     def secrets(self) -> list[str]:
         """Every secret of this target, so that output can be scrubbed of them."""
         found = []
-        for secret in (self.password, self.log_password):
+        for secret in (self.password, self.log_password, self.restore.scratch_password):
             if secret is not None and secret.get_secret_value():
                 found.append(secret.get_secret_value())
         for value in getattr(self.backup, "env", {}).values():

@@ -41,18 +41,18 @@ def _options(statement_timeout_seconds: float, lock_timeout_seconds: float, read
     return " ".join(options)
 
 
-def connect(
-    target: TargetConfig,
+def connect_dsn(
+    dsn: str,
+    password: str | None,
     *,
-    log: bool = False,
+    target: TargetConfig,
+    what: str = "database",
     read_only: bool = True,
     statement_timeout_seconds: float | None = None,
     lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS,
     autocommit: bool = False,
 ) -> psycopg.Connection:
-    """Open a connection to the target (or, with log=True, to where its log table lives)."""
-    dsn = target.log_dsn if (log and target.log_dsn) else target.dsn
-    password = target.resolved_log_password() if log else target.resolved_password()
+    """Open a connection with pgbv's timeouts and name; errors name the target, never the password."""
     timeout = statement_timeout_seconds or target.statement_timeout_seconds
     params = {
         "connect_timeout": target.connect_timeout_seconds,
@@ -68,4 +68,27 @@ def connect(
         return psycopg.connect(make_conninfo(dsn, **params), autocommit=autocommit)
     except psycopg.Error as exc:
         reason = scrub(first_line(exc), target.secrets())
-        raise TargetUnreachable(target.name, reason, "log database" if (log and target.log_dsn) else "database") from None
+        raise TargetUnreachable(target.name, reason, what) from None
+
+
+def connect(
+    target: TargetConfig,
+    *,
+    log: bool = False,
+    read_only: bool = True,
+    statement_timeout_seconds: float | None = None,
+    lock_timeout_seconds: float = LOCK_TIMEOUT_SECONDS,
+    autocommit: bool = False,
+) -> psycopg.Connection:
+    """Open a connection to the target (or, with log=True, to where its log table lives)."""
+    separate_log = log and target.log_dsn is not None
+    return connect_dsn(
+        target.log_dsn if separate_log else target.dsn,
+        target.resolved_log_password() if log else target.resolved_password(),
+        target=target,
+        what="log database" if separate_log else "database",
+        read_only=read_only,
+        statement_timeout_seconds=statement_timeout_seconds,
+        lock_timeout_seconds=lock_timeout_seconds,
+        autocommit=autocommit,
+    )

@@ -63,7 +63,7 @@ def bad_configs():
     yield "negative ratio", with_target(checks={"min_success_ratio": 2}), "targets.0.checks.min_success_ratio"
     yield "ages reversed", with_target(backup={"source": "directory", "path": "/b", "warn_age_hours": 50, "max_age_hours": 49}), "warn_age_hours (50) must not exceed max_age_hours (49)"
     yield "bad name", with_target(name="my target!"), "targets.0.name: must be"
-    yield "restore not yet", with_target(restore={"enabled": True}), "targets.0.restore.enabled"
+    yield "restore jobs", with_target(restore={"enabled": True, "jobs": 0}), "targets.0.restore.jobs"
     yield "directory without path", with_target(backup={"source": "directory"}), "targets.0.backup.path: required key is missing"
 
 
