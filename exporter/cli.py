@@ -38,12 +38,17 @@ def _targets(settings: Settings, name: str | None) -> list[TargetConfig]:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from exporter.report import render
     from exporter.verify import verify_all
 
     settings = load_settings(args.config)
-    results = verify_all(settings, _targets(settings, args.target), record_result=not args.no_record)
-    print(render(results, args.format, sys.stdout))
+    results = verify_all(settings, _targets(settings, args.target), record_result=not args.no_record, drill=False)
+    return _report(results, args.format)
+
+
+def _report(results, fmt: str) -> int:
+    from exporter.report import render
+
+    print(render(results, fmt, sys.stdout))
     code = EXIT_OK
     for result in results:
         if result.unreachable is not None:
@@ -52,6 +57,26 @@ def cmd_verify(args: argparse.Namespace) -> int:
             _say(result.record_error)
         code = max(code, result.exit_code, EXIT_UNKNOWN if result.record_error else EXIT_OK)
     return code
+
+
+def cmd_restore_drill(args: argparse.Namespace) -> int:
+    import signal
+
+    from exporter.verify import verify_all
+
+    settings = load_settings(args.config)
+    targets = _targets(settings, args.target)
+    for target in targets:
+        if not target.restore.enabled or target.backup.source == "none":
+            raise ConfigError(f"targets.{target.name}.restore.enabled: restore drills need restore.enabled: true and a backup source")
+
+    def interrupted(signum, frame):
+        # Unwinds through the drill's cleanup: its tool is killed and its scratch copy dropped.
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    results = verify_all(settings, targets, drill=True, keep=args.keep)
+    return _report(results, args.format)
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -194,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="NAME", help="verify only this target")
     p.add_argument("--format", choices=formats, default="text", help="report format (default: text)")
     p.add_argument("--no-record", action="store_true", help="do not write the result to backup_verification_log")
+
+    p = command("restore-drill", cmd_restore_drill,
+                "Verify now with a restore drill: restore the newest backup into a scratch copy, check and compare it.")
+    config_arg(p)
+    p.add_argument("--target", metavar="NAME", help="drill only this target")
+    p.add_argument("--keep", action="store_true", help="leave the scratch copy for inspection and print how to connect")
+    p.add_argument("--format", choices=formats, default="text", help="report format (default: text)")
 
     p = command("migrate", cmd_migrate, "Apply the log table migrations to every target's log database (safe to repeat).")
     config_arg(p)

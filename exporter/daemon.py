@@ -316,8 +316,14 @@ class Daemon:
         return 0
 
     def stop(self) -> None:
+        from exporter.restore import active
+
         self.stop_event.set()
         self._refresh_now.set()
+        # A drill in progress: kill its pg_restore and drop its scratch copy before exiting.
+        stopped = active.abort_all()
+        if stopped:
+            log.info("stopped %d restore drill(s) and removed their scratch copies", stopped)
         if self.server is not None:
             self.server.stop()
 

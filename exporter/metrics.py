@@ -198,6 +198,33 @@ class SnapshotCollector(Collector):
             "Verification results waiting in the local spool to be written to backup_verification_log.",
             value=float(snapshot.spool_rows),
         )
+        # Restore drills: only targets with restore.enabled have these series.
+        drilled = [t for t in targets if t.rto_target_seconds is not None]
+        for name, help_text, value in (
+            ("pgbv_restore_duration_seconds",
+             f"Duration of the last restore drill (restore, checks and comparison); 0 before the first; {_CACHED}.",
+             lambda t: t.restore_duration_seconds),
+            ("pgbv_restore_last_success_timestamp_seconds",
+             f"End of the last restore drill that passed (or only exceeded the RTO), in Unix seconds; 0 if none; {_CACHED}.",
+             lambda t: t.restore_last_success_timestamp),
+            ("pgbv_rto_target_seconds",
+             f"The recovery time objective a drill is measured against (restore.rto_minutes), {_CONFIG}.",
+             lambda t: t.rto_target_seconds),
+        ):
+            family = GaugeMetricFamily(name, help_text, labels=["target"])
+            for t in drilled:
+                family.add_metric([t.name], _num(value(t)))
+            yield family
+        restored = GaugeMetricFamily(
+            "pgbv_restore_rows",
+            f"Rows per critical table in the copy restored by the last restore drill (exact counts); {_CACHED}.",
+            labels=["target", "table"],
+        )
+        for t in drilled:
+            for table in sorted(t.restore_rows):
+                restored.add_metric([t.name, table], float(t.restore_rows[table]))
+        yield restored
+
         build = GaugeMetricFamily(
             "pgbv_exporter_build_info", "Always 1; the version label names the running pgbv.", labels=["version"]
         )

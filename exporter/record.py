@@ -76,6 +76,20 @@ def previous_details(conn: psycopg.Connection, target: str) -> dict[str, Any] | 
     return row[0] if row and isinstance(row[0], dict) else None
 
 
+def last_good_drill(conn: psycopg.Connection, target: str):
+    """When the target's newest passing (or merely slow) restore drill was recorded, or None."""
+    row = conn.execute(
+        f"""
+        SELECT verified_at FROM backup_verification_log
+         WHERE {_BELONGS_TO_TARGET}
+           AND verification_details->'restore'->>'outcome' IN ('pass', 'warn')
+         ORDER BY verified_at DESC LIMIT 1
+        """,
+        {"target": target},
+    ).fetchone()
+    return row[0] if row else None
+
+
 HISTORY_COLUMNS = (
     "id", "verified_at", "status", "backup_id", "backup_age_hours", "backup_size_mb",
     "checks_passed", "checks_failed", "error_details", "verification_details",

@@ -43,6 +43,11 @@ class TargetSnapshot:
     warn_age_seconds: float | None = None  # None when the target has no backup source
     max_age_seconds: float | None = None
     success_ratio_min: float = 0.0
+    # Restore drills; None/empty when the target has none enabled or none ran yet.
+    rto_target_seconds: float | None = None
+    restore_duration_seconds: float | None = None
+    restore_last_success_timestamp: float | None = None
+    restore_rows: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ def configured(target: TargetConfig) -> TargetSnapshot:
         warn_age_seconds=backup.warn_age_hours * 3600 if has_backup else None,
         max_age_seconds=backup.max_age_hours * 3600 if has_backup else None,
         success_ratio_min=target.checks.min_success_ratio,
+        rto_target_seconds=target.restore.rto_minutes * 60 if target.restore.enabled else None,
     )
 
 
@@ -106,6 +112,41 @@ SELECT count(*) FILTER (WHERE verified_at >= %(since_7d)s),
 """
 
 
+_LAST_DRILL_SQL = f"""
+SELECT verification_details->'restore'
+  FROM backup_verification_log
+ WHERE verification_details ? 'restore' AND {_BELONGS}
+ ORDER BY verified_at DESC
+ LIMIT 1
+"""
+
+_LAST_GOOD_DRILL_SQL = f"""
+SELECT verified_at, verification_details->'restore'->'duration_seconds'
+  FROM backup_verification_log
+ WHERE verification_details->'restore'->>'outcome' IN ('pass', 'warn') AND {_BELONGS}
+ ORDER BY verified_at DESC
+ LIMIT 1
+"""
+
+
+def _drills(conn: psycopg.Connection, target: TargetConfig) -> dict[str, Any]:
+    if not target.restore.enabled:
+        return {}
+    params = {"target": target.name}
+    last = conn.execute(_LAST_DRILL_SQL, params).fetchone()
+    good = conn.execute(_LAST_GOOD_DRILL_SQL, params).fetchone()
+    drill = last[0] if last and isinstance(last[0], dict) else {}
+    duration = drill.get("duration_seconds")
+    good_end = None
+    if good is not None:
+        good_end = good[0].timestamp() + (float(good[1]) if isinstance(good[1], (int, float)) else 0.0)
+    return {
+        "restore_duration_seconds": float(duration) if isinstance(duration, (int, float)) else None,
+        "restore_last_success_timestamp": good_end,
+        "restore_rows": _int_map(drill.get("rows")),
+    }
+
+
 def _ts(moment: Any) -> float | None:
     if isinstance(moment, datetime):
         return moment.timestamp()
@@ -124,7 +165,7 @@ def _int_map(value: Any) -> dict[str, int]:
 
 
 def read_target(conn: psycopg.Connection, target: TargetConfig, up: bool, now: datetime | None = None) -> TargetSnapshot:
-    """The target's picture from its log database (3 statements, whatever the table's size)."""
+    """The target's picture from its log database (3 statements, 5 with restore drills, whatever the table's size)."""
     now = now or datetime.now(timezone.utc)
     base = configured(target)
     params = {"target": target.name}
@@ -138,8 +179,9 @@ def read_target(conn: psycopg.Connection, target: TargetConfig, up: bool, now: d
         "7d": ratios[1] / ratios[0] if ratios[0] else None,
         "30d": ratios[3] / ratios[2] if ratios[2] else None,
     }
+    drills = _drills(conn, target)
     if latest is None:
-        return TargetSnapshot(**{**base.__dict__, "up": up, "success_ratio": success_ratio})
+        return TargetSnapshot(**{**base.__dict__, "up": up, "success_ratio": success_ratio, **drills})
     verified_at, status, details = latest
     details = details if isinstance(details, dict) else {}
     checks = [c for c in details.get("checks") or [] if isinstance(c, dict)]
@@ -166,6 +208,7 @@ def read_target(conn: psycopg.Connection, target: TargetConfig, up: bool, now: d
             "table_rows": _int_map(details.get("row_counts")),
             "rls_policies": _int_map(details.get("rls_policies")),
             "success_ratio": success_ratio,
+            **drills,
         }
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 
@@ -37,6 +37,17 @@ def _database_size(conn: psycopg.Connection) -> int | None:
         return None
 
 
+def _drill_due(log_conn: psycopg.Connection | None, target: TargetConfig, now: datetime) -> bool:
+    if not target.restore.enabled or log_conn is None:
+        return False
+    try:
+        with log_conn.transaction():
+            last = record.last_good_drill(log_conn, target.name)
+    except psycopg.Error:
+        return True  # no log to tell: a drill is the safe answer
+    return last is None or now - last >= timedelta(days=target.restore.interval_days)
+
+
 def _lift_facts(result: RunResult) -> None:
     # The facts later runs and the metrics read, at a fixed place in verification_details.
     for check_name, key, fact in (
@@ -48,9 +59,21 @@ def _lift_facts(result: RunResult) -> None:
         check = result.check(check_name)
         if check is not None and key in check.data:
             result.facts[fact] = check.data[key]
+    drill = result.check("restore")
+    if drill is not None:
+        # The drill's outcome goes with its figures: the next run finds the last good drill by it.
+        result.facts["restore"] = {**drill.data.get("restore", {}), "outcome": drill.outcome, "message": drill.message}
 
 
-def verify_target(target: TargetConfig, *, record_result: bool = True, now: datetime | None = None) -> RunResult:
+def verify_target(
+    target: TargetConfig,
+    *,
+    record_result: bool = True,
+    now: datetime | None = None,
+    drill: bool | None = None,
+    keep: bool = False,
+) -> RunResult:
+    """One run. drill=None drills when one is due, True forces one, False never drills."""
     started = time.monotonic()
     result = RunResult(target.name, now or datetime.now(timezone.utc))
     source = source_for(target.backup)
@@ -76,12 +99,14 @@ def verify_target(target: TargetConfig, *, record_result: bool = True, now: date
             result.backup = source.lookup() if source is not None else None
             result.facts["server_version_num"] = conn.info.server_version
             result.facts["database_size_bytes"] = _database_size(conn)
+            if drill is None:
+                drill = _drill_due(log_conn, target, result.verified_at)
             ctx = CheckContext(
                 target=target, conn=conn, log_conn=log_conn, backup=result.backup,
-                previous=previous, now=result.verified_at,
+                previous=previous, now=result.verified_at, drill=bool(drill), keep=keep,
             )
             for check in all_checks():
-                if not check.applies(target):
+                if not check.applies(target) or (check.on_demand and not ctx.drill):
                     continue
                 if check.uses_log_db and log_conn is None:
                     result.checks.append(CheckResult(check.name, "error", log_problem or "no log database"))
@@ -110,9 +135,14 @@ def _record(target: TargetConfig, result: RunResult) -> None:
         result.record_error = scrub(f"target {target.name}: could not record the result: {message}", target.secrets())
 
 
-def verify_all(settings: Settings, targets: list[TargetConfig], *, record_result: bool = True) -> list[RunResult]:
+def verify_all(
+    settings: Settings, targets: list[TargetConfig], *, record_result: bool = True, drill: bool | None = None, keep: bool = False,
+) -> list[RunResult]:
     """Verify several targets, at most schedule.max_concurrent_targets at a time, in config order."""
+    def one(target: TargetConfig) -> RunResult:
+        return verify_target(target, record_result=record_result, drill=drill, keep=keep)
+
     if len(targets) == 1:
-        return [verify_target(targets[0], record_result=record_result)]
+        return [one(targets[0])]
     with ThreadPoolExecutor(max_workers=settings.schedule.max_concurrent_targets, thread_name_prefix="pgbv-verify") as pool:
-        return list(pool.map(lambda t: verify_target(t, record_result=record_result), targets))
+        return list(pool.map(one, targets))

@@ -29,6 +29,7 @@ def test_demo_once_prints_the_fifteen_seed_tests_passing(tmp_path):
     assert all(status == "✅ PASS" for _, status in table), table
     assert "65 rows in 7 critical tables" in proc.stdout
     assert "RLS enabled on 7 tables with 23 policies" in proc.stdout
+    assert re.search(r"### Test 15: restore .*\n\*\*Status:\*\* PASS", proc.stdout)
     assert re.search(r"pg_dump .* wrote seed_app-\d{8}T\d{6}Z\.dump: \d+ bytes", proc.stderr)
 
 
@@ -56,6 +57,8 @@ def test_demo_runs_the_daemon_until_interrupted(tmp_path):
         body = urllib.request.urlopen(url[0], timeout=5).read().decode()
         assert 'pgbv_last_run_status{status="success",target="seed_app"} 1.0' in body
         assert 'pgbv_table_rows{table="appointments",target="seed_app"} 23.0' in body
+        assert 'pgbv_restore_rows{table="appointments",target="seed_app"} 23.0' in body
+        assert re.search(r'pgbv_restore_duration_seconds\{target="seed_app"\} [0-9.]+', body)
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=30)

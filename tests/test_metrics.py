@@ -52,6 +52,10 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "pgbv_success_ratio_min": ("target",),
     "pgbv_schedule_interval_seconds": (),
     "pgbv_spool_rows": (),
+    "pgbv_restore_duration_seconds": ("target",),
+    "pgbv_restore_last_success_timestamp_seconds": ("target",),
+    "pgbv_rto_target_seconds": ("target",),
+    "pgbv_restore_rows": ("target", "table"),
     "pgbv_exporter_build_info": ("version",),
 }
 # Series every target has from the first scrape (per-table, per-check and age-limit series excepted).
@@ -120,6 +124,10 @@ def full_snapshot() -> Snapshot:
         warn_age_seconds=26 * 3600.0,
         max_age_seconds=49 * 3600.0,
         success_ratio_min=0.95,
+        rto_target_seconds=3600.0,
+        restore_duration_seconds=184.5,
+        restore_last_success_timestamp=RUN_START - 86400 + 184.5,
+        restore_rows={"public.appointments": 40, "public.users": 12},
     )
     reporting = TargetSnapshot(
         name="reporting",

@@ -22,6 +22,7 @@ ORDER: tuple[str, ...] = (
     "constraints_valid",
     "backup_age",
     "backup_size",
+    "restore",
 )
 
 

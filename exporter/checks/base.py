@@ -21,6 +21,8 @@ class CheckContext:
     backup: BackupLookup | None  # None when the target has no backup source
     previous: dict[str, Any] | None  # verification_details of this target's previous recorded run
     now: datetime
+    drill: bool = False  # run on-demand checks (the restore drill) this time
+    keep: bool = False  # a drill leaves its scratch copy for inspection
 
 
 class Check:
@@ -36,6 +38,11 @@ class Check:
     seed_tests: ClassVar[tuple[int, ...]] = ()
     # True when the check reads the log database rather than the target.
     uses_log_db: ClassVar[bool] = False
+    # True for checks that run only when asked for or due (ctx.drill), not on every run.
+    on_demand: ClassVar[bool] = False
+    # True when the check opens its own short transactions instead of running in one
+    # (a long check must not hold a transaction open on the live database).
+    own_transactions: ClassVar[bool] = False
 
     def applies(self, target: TargetConfig) -> bool:
         raise NotImplementedError

@@ -37,8 +37,11 @@ def run_check(check: Check, ctx: CheckContext) -> CheckResult:
     conn = ctx.log_conn if check.uses_log_db else ctx.conn
     started = time.monotonic()
     try:
-        with conn.transaction():
+        if check.own_transactions:
             result = check.run(ctx)
+        else:
+            with conn.transaction():
+                result = check.run(ctx)
     except Exception as exc:  # noqa: BLE001 - every failure must become an 'error' result
         result = CheckResult(check.name, "error", scrub(_reason(exc, ctx), ctx.target.secrets()))
     return dataclasses.replace(result, duration_seconds=time.monotonic() - started)

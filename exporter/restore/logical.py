@@ -1,0 +1,211 @@
+"""Logical restore drills: a pg_dump archive restored into a scratch database,
+checked like the live one, and compared with it.
+
+The live database is only read, in short transactions (a drill can take an
+hour; a transaction held open that long would hold back vacuum).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from exporter.catalog import MAX_EXACT_COUNTS, exact_row_counts, find_tables
+from exporter.checks.base import CheckContext
+from exporter.checks.row_counts import count_rows
+from exporter.checks.runner import run_check
+from exporter.config import TargetConfig
+from exporter.db import TargetUnreachable, connect, connect_dsn, first_line
+from exporter.pgtools import ToolError, ToolNotFound, find_tool, run_tool
+from exporter.redact import scrub
+from exporter.restore import active
+from exporter.restore.progress import Progress, count_items, run_with_progress
+from exporter.restore.result import DrillError, DrillResult, RestoreFailed
+from exporter.restore.scratch import create_database, drop_database, leftovers, scratch_name
+from exporter.result import BackupInfo, CheckResult
+
+log = logging.getLogger("pgbv.restore")
+
+# The checks a restored copy must pass, as the live database does.
+COPY_CHECKS = ("critical_tables", "required_tables", "rls_policies", "required_indexes", "required_functions", "constraints_valid")
+RESTORABLE_KINDS = ("pg_dump custom", "pg_dump directory", "pg_dump tar")
+
+
+def _with_db(dsn: str, dbname: str) -> str:
+    params = {k: v for k, v in conninfo_to_dict(dsn).items() if v is not None}
+    params["dbname"] = dbname
+    params.pop("password", None)
+    return make_conninfo(**params)
+
+
+def _free_space_problem(admin: psycopg.Connection, needed: int) -> str | None:
+    """'not enough space' when the scratch server is on this machine and its disk is short.
+
+    A remote server's disk cannot be seen from here (PostgreSQL has no function for
+    it); the drill then relies on its timeout and cleanup instead.
+    """
+    try:
+        with admin.transaction():
+            data_directory = admin.execute("SELECT current_setting('data_directory')").fetchone()[0]
+    except psycopg.Error:
+        return None
+    path = Path(data_directory)
+    if not path.is_dir():
+        return None
+    stat = os.statvfs(path)
+    free = stat.f_bavail * stat.f_frsize
+    if free < needed:
+        return f"not enough space: {free} bytes free in {path}, the drill needs at least {needed} (twice the backup)"
+    return None
+
+
+def _live_counts(target: TargetConfig, names: list[str]) -> dict[str, int | None]:
+    with connect(target) as conn:
+        with conn.transaction():
+            found = find_tables(conn, names)
+            counts, _ = count_rows(conn, list(found.values()))
+    return {name: counts.get(name) for name in names}
+
+
+def _copy_counts(conn: psycopg.Connection, names: list[str]) -> dict[str, int | None]:
+    # A restored copy has no statistics: every count is exact, in statements of at most 100 tables.
+    with conn.transaction():
+        found = find_tables(conn, names)
+        tables = list(found.values())
+        exact: dict[int, int] = {}
+        for start in range(0, len(tables), MAX_EXACT_COUNTS):
+            exact.update(exact_row_counts(conn, tables[start:start + MAX_EXACT_COUNTS]))
+    return {name: (exact.get(found[name].oid) if name in found else None) for name in names}
+
+
+def _compare(target: TargetConfig, live: dict[str, int | None], copy: dict[str, int | None]) -> list[str]:
+    limit = target.checks.max_row_drop_percent
+    allowed_empty = set(target.checks.allow_empty_tables)
+    problems = []
+    for name, live_rows in live.items():
+        copy_rows = copy.get(name)
+        if live_rows is None:
+            continue  # missing live too: the live checks report it
+        if copy_rows is None:
+            problems.append(f"{name} is missing in the restored copy ({live_rows} rows live)")
+        elif copy_rows == 0 and live_rows > 0 and name not in allowed_empty:
+            problems.append(f"{name} is empty in the restored copy ({live_rows} rows live)")
+        elif live_rows > 0 and (live_rows - copy_rows) * 100 > limit * live_rows:
+            drop = (live_rows - copy_rows) * 100 / live_rows
+            problems.append(
+                f"{name} has {copy_rows} rows in the restored copy and {live_rows} live "
+                f"({drop:.1f}% fewer, more than {limit:g}%)"
+            )
+    return problems
+
+
+def _copy_checks(target: TargetConfig, conn: psycopg.Connection) -> list[CheckResult]:
+    from exporter.checks import all_checks
+
+    ctx = CheckContext(target=target, conn=conn, log_conn=conn, backup=None, previous=None, now=datetime.now(timezone.utc))
+    return [run_check(check, ctx) for check in all_checks() if check.name in COPY_CHECKS and check.applies(target)]
+
+
+def _amcheck(target: TargetConfig, conn: psycopg.Connection, dsn: str, password: str | None, version: int, timeout: float) -> str:
+    with conn.transaction():
+        available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'amcheck'").fetchone()
+    if not available:
+        return "amcheck skipped: the amcheck extension is not available on the scratch server"
+    tool = find_tool("pg_amcheck", version, target.restore.pg_bin_dir or target.pg_bin_dir)
+    run_tool(tool, ["--install-missing", "--index=*", f"--dbname={dsn}"], timeout=timeout,
+             env={"PGPASSWORD": password} if password else None)
+    return "pg_amcheck found no corruption in the copy's B-tree indexes"
+
+
+def drill_logical(target: TargetConfig, info: BackupInfo, keep: bool = False) -> DrillResult:
+    """Restore info's archive into a new scratch database, check it, compare it, drop it."""
+    if info.kind not in RESTORABLE_KINDS:
+        raise DrillError(f"{info.kind} backups cannot be drilled logically; pg_dump custom, directory or tar archives can")
+    config = target.restore
+    deadline = time.monotonic() + config.timeout_minutes * 60
+    started = time.monotonic()
+    scratch_dsn, password = target.scratch_dsn_and_password()
+    secrets = target.secrets()
+    env = {"PGPASSWORD": password} if password else None
+    name = scratch_name(target.name)
+    result = DrillResult(kind="logical", scratch=name, backup_id=info.id)
+
+    try:
+        admin = connect_dsn(scratch_dsn, password, target=target, what="scratch server", read_only=False, autocommit=True)
+    except TargetUnreachable as exc:
+        raise DrillError(str(exc)) from None
+    created = False
+    try:
+        with admin:
+            for stale in leftovers(admin, target.name, older_than=timedelta(minutes=config.timeout_minutes)):
+                log.warning("target %s: dropping %s, left by an interrupted drill", target.name, stale, extra={"target": target.name})
+                drop_database(admin, stale)
+            if info.size_bytes:
+                problem = _free_space_problem(admin, 2 * info.size_bytes)
+                if problem:
+                    raise DrillError(problem)
+            version = admin.info.server_version
+            pg_restore = find_tool("pg_restore", version, config.pg_bin_dir or target.pg_bin_dir)
+            create_database(admin, name)
+            created = True
+            active.register(name, lambda: _drop_quietly(scratch_dsn, password, target, name))
+            copy_dsn = _with_db(scratch_dsn, name)
+
+            listing = run_tool(pg_restore, ["--list", str(info.location)], timeout=max(deadline - time.monotonic(), 1))
+            progress = Progress(f"restore {target.name}", count_items(listing.stdout))
+            restore_started = time.monotonic()
+            run_with_progress(
+                pg_restore,
+                ["--verbose", "--exit-on-error", "--no-owner", "--no-privileges", f"--jobs={config.jobs}",
+                 f"--dbname={copy_dsn}", str(info.location)],
+                timeout=max(deadline - time.monotonic(), 1),
+                progress=progress,
+                env=env,
+                register=lambda proc: active.register_process(name, proc),
+            )
+            result.restore_seconds = time.monotonic() - restore_started
+            result.items = progress.total
+
+            with connect_dsn(copy_dsn, password, target=target, what="restored copy") as copy:
+                result.copy_checks = _copy_checks(target, copy)
+                names = list(dict.fromkeys(target.checks.critical_tables))
+                result.rows = _copy_counts(copy, names)
+                if config.amcheck:
+                    result.notes.append(_amcheck(target, copy, copy_dsn, password, version, max(deadline - time.monotonic(), 1)))
+            result.live_rows = _live_counts(target, names)
+            result.problems += _compare(target, result.live_rows, result.rows)
+            if time.monotonic() > deadline:
+                raise DrillError(f"the drill took longer than timeout_minutes ({config.timeout_minutes:g})")
+    except ToolError as exc:
+        message = scrub(str(exc), secrets)
+        raise (DrillError(message) if exc.timed_out or exc.returncode is None else RestoreFailed(message)) from None
+    except ToolNotFound as exc:
+        raise DrillError(str(exc)) from None
+    except psycopg.Error as exc:
+        raise DrillError(scrub(f"{type(exc).__name__}: {first_line(exc)}", secrets)) from None
+    finally:
+        result.duration_seconds = time.monotonic() - started
+        if created:
+            if keep:
+                result.kept_dsn = _with_db(scratch_dsn, name)
+                active.unregister(name)
+            else:
+                _drop_quietly(scratch_dsn, password, target, name)
+                active.unregister(name)
+    return result
+
+
+def _drop_quietly(dsn: str, password: str | None, target: TargetConfig, name: str) -> None:
+    try:
+        with connect_dsn(dsn, password, target=target, what="scratch server", read_only=False, autocommit=True) as conn:
+            drop_database(conn, name)
+    except (TargetUnreachable, psycopg.Error) as exc:
+        log.error("target %s: could not drop scratch database %s (%s); the next drill removes it",
+                  target.name, name, scrub(str(exc), target.secrets()), extra={"target": target.name})
+
