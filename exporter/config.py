@@ -209,6 +209,14 @@ class RestoreConfig(_Strict):
         None, description="PostgreSQL binaries for physical restores (same major version as the backup); default: as for the target."
     )
     amcheck: bool = Field(False, description="Verify the restored copy's B-tree indexes with pg_amcheck, when amcheck is available.")
+    scratch_dir: Path | None = Field(
+        None, description="Where physical drills put their pgbv_restore_* folders; default: the system's temporary folder."
+    )
+    os_user: str | None = Field(
+        None,
+        description="When pgbv runs as root, the user that owns the restored files and runs the private PostgreSQL "
+        "(PostgreSQL refuses root); default: postgres. For pgBackRest it must be the repository's owner.",
+    )
 
     @model_validator(mode="before")
     @classmethod

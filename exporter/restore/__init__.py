@@ -16,6 +16,10 @@ def drill(target: TargetConfig, info: BackupInfo, keep: bool = False) -> DrillRe
 
     if info.kind in RESTORABLE_KINDS:
         return drill_logical(target, info, keep=keep)
+    if info.kind == "pg_basebackup" or info.kind.startswith("pgbackrest"):
+        from exporter.restore.physical import drill_physical
+
+        return drill_physical(target, info, keep=keep)
     source = source_for(target.backup)
     raise DrillError(
         f"no restore drill for {info.kind} backups from the {source.name if source else 'none'} source yet; "

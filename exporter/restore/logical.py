@@ -10,30 +10,25 @@ from __future__ import annotations
 import logging
 import os
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from exporter.catalog import MAX_EXACT_COUNTS, exact_row_counts, find_tables
-from exporter.checks.base import CheckContext
-from exporter.checks.row_counts import count_rows
-from exporter.checks.runner import run_check
 from exporter.config import TargetConfig
-from exporter.db import TargetUnreachable, connect, connect_dsn, first_line
+from exporter.db import TargetUnreachable, connect_dsn, first_line
 from exporter.pgtools import ToolError, ToolNotFound, find_tool, run_tool
 from exporter.redact import scrub
 from exporter.restore import active
+from exporter.restore.compare import compare, copy_checks, copy_counts, live_counts
 from exporter.restore.progress import Progress, count_items, run_with_progress
 from exporter.restore.result import DrillError, DrillResult, RestoreFailed
 from exporter.restore.scratch import create_database, drop_database, leftovers, scratch_name
-from exporter.result import BackupInfo, CheckResult
+from exporter.result import BackupInfo
 
 log = logging.getLogger("pgbv.restore")
 
-# The checks a restored copy must pass, as the live database does.
-COPY_CHECKS = ("critical_tables", "required_tables", "rls_policies", "required_indexes", "required_functions", "constraints_valid")
 RESTORABLE_KINDS = ("pg_dump custom", "pg_dump directory", "pg_dump tar")
 
 
@@ -63,53 +58,6 @@ def _free_space_problem(admin: psycopg.Connection, needed: int) -> str | None:
     if free < needed:
         return f"not enough space: {free} bytes free in {path}, the drill needs at least {needed} (twice the backup)"
     return None
-
-
-def _live_counts(target: TargetConfig, names: list[str]) -> dict[str, int | None]:
-    with connect(target) as conn:
-        with conn.transaction():
-            found = find_tables(conn, names)
-            counts, _ = count_rows(conn, list(found.values()))
-    return {name: counts.get(name) for name in names}
-
-
-def _copy_counts(conn: psycopg.Connection, names: list[str]) -> dict[str, int | None]:
-    # A restored copy has no statistics: every count is exact, in statements of at most 100 tables.
-    with conn.transaction():
-        found = find_tables(conn, names)
-        tables = list(found.values())
-        exact: dict[int, int] = {}
-        for start in range(0, len(tables), MAX_EXACT_COUNTS):
-            exact.update(exact_row_counts(conn, tables[start:start + MAX_EXACT_COUNTS]))
-    return {name: (exact.get(found[name].oid) if name in found else None) for name in names}
-
-
-def _compare(target: TargetConfig, live: dict[str, int | None], copy: dict[str, int | None]) -> list[str]:
-    limit = target.checks.max_row_drop_percent
-    allowed_empty = set(target.checks.allow_empty_tables)
-    problems = []
-    for name, live_rows in live.items():
-        copy_rows = copy.get(name)
-        if live_rows is None:
-            continue  # missing live too: the live checks report it
-        if copy_rows is None:
-            problems.append(f"{name} is missing in the restored copy ({live_rows} rows live)")
-        elif copy_rows == 0 and live_rows > 0 and name not in allowed_empty:
-            problems.append(f"{name} is empty in the restored copy ({live_rows} rows live)")
-        elif live_rows > 0 and (live_rows - copy_rows) * 100 > limit * live_rows:
-            drop = (live_rows - copy_rows) * 100 / live_rows
-            problems.append(
-                f"{name} has {copy_rows} rows in the restored copy and {live_rows} live "
-                f"({drop:.1f}% fewer, more than {limit:g}%)"
-            )
-    return problems
-
-
-def _copy_checks(target: TargetConfig, conn: psycopg.Connection) -> list[CheckResult]:
-    from exporter.checks import all_checks
-
-    ctx = CheckContext(target=target, conn=conn, log_conn=conn, backup=None, previous=None, now=datetime.now(timezone.utc))
-    return [run_check(check, ctx) for check in all_checks() if check.name in COPY_CHECKS and check.applies(target)]
 
 
 def _amcheck(target: TargetConfig, conn: psycopg.Connection, dsn: str, password: str | None, version: int, timeout: float) -> str:
@@ -173,13 +121,13 @@ def drill_logical(target: TargetConfig, info: BackupInfo, keep: bool = False) ->
             result.items = progress.total
 
             with connect_dsn(copy_dsn, password, target=target, what="restored copy") as copy:
-                result.copy_checks = _copy_checks(target, copy)
+                result.copy_checks = copy_checks(target, copy)
                 names = list(dict.fromkeys(target.checks.critical_tables))
-                result.rows = _copy_counts(copy, names)
+                result.rows = copy_counts(copy, names)
                 if config.amcheck:
                     result.notes.append(_amcheck(target, copy, copy_dsn, password, version, max(deadline - time.monotonic(), 1)))
-            result.live_rows = _live_counts(target, names)
-            result.problems += _compare(target, result.live_rows, result.rows)
+            result.live_rows = live_counts(target, names)
+            result.problems += compare(target, result.live_rows, result.rows)
             if time.monotonic() > deadline:
                 raise DrillError(f"the drill took longer than timeout_minutes ({config.timeout_minutes:g})")
     except ToolError as exc:

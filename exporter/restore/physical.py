@@ -1,0 +1,265 @@
+"""Physical restore drills: a base backup (pg_basebackup folder, or a pgBackRest
+backup restored with --type=immediate) started as a private PostgreSQL on a Unix
+socket in a scratch folder, checked and compared like a logical copy, stopped
+and deleted.
+
+The private server is started with settings that keep it private and harmless
+whatever the production configuration it was copied with says: no TCP listener,
+archiving off (it must never push WAL into the production archive), no SSL (the
+certificate paths are the production host's), small shared memory, its own
+pg_hba.conf trusting only its own socket, whose folder only its user can enter.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from exporter.config import TargetConfig
+from exporter.db import TargetUnreachable, connect_dsn
+from exporter.pgtools import Tool, ToolError, ToolNotFound, candidates, probe, run_tool
+from exporter.redact import scrub
+from exporter.restore import active
+from exporter.restore.compare import compare, copy_checks, copy_counts, live_counts
+from exporter.restore.result import DrillError, DrillResult, RestoreFailed
+from exporter.restore.scratch import created_at, remove_folder, scratch_name
+from exporter.result import BackupInfo
+
+log = logging.getLogger("pgbv.restore")
+
+PORT = 5432  # the socket lives in the scratch folder, so the usual port never collides
+PRIVATE_SETTINGS = {
+    "listen_addresses": "",
+    "port": str(PORT),
+    "archive_mode": "off",
+    "ssl": "off",
+    "shared_buffers": "128MB",
+    "hot_standby": "off",
+    "logging_collector": "off",
+    "shared_preload_libraries": "",
+}
+
+
+def scratch_base(target: TargetConfig) -> Path:
+    return Path(target.restore.scratch_dir or tempfile.gettempdir())
+
+
+def drill_user(target: TargetConfig) -> str | None:
+    """Who runs the private server: nobody special when we are not root (we are that
+    user); when root (PostgreSQL refuses root), restore.os_user or else postgres."""
+    if os.geteuid() != 0:
+        return None
+    name = target.restore.os_user or "postgres"
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise DrillError(f"restore.os_user {name!r} does not exist; physical drills run PostgreSQL as that user") from None
+    return name
+
+
+def _as_user(user: str | None, argv: list[str]) -> list[str]:
+    return ["runuser", "-u", user, "--", *argv] if user else argv
+
+
+def _tool_of_major(name: str, major: int, pg_bin_dir: Path | None) -> Tool:
+    """A server binary must be the backup's own major version, not just a newer one."""
+    paths = [Path(pg_bin_dir) / name] if pg_bin_dir else candidates(name)
+    found = []
+    for path in paths:
+        try:
+            tool = probe(path, name)
+        except ToolNotFound:
+            continue
+        found.append(tool)
+        if tool.major == major:
+            return tool
+    seen = ", ".join(f"{t.version} ({t.path})" for t in found) or "none"
+    raise DrillError(
+        f"the backup is PostgreSQL {major}; no {name} {major} found (found: {seen}); set restore.pg_bin_dir"
+    )
+
+
+def _free_space(folder: Path, needed: int) -> None:
+    stat = os.statvfs(folder)
+    free = stat.f_bavail * stat.f_frsize
+    if free < needed:
+        raise DrillError(f"not enough space: {free} bytes free in {folder}, the drill needs at least {needed} (twice the backup)")
+
+
+def remove_leftovers(target: TargetConfig, older_than: timedelta) -> list[Path]:
+    """Scratch folders of this target left by a killed drill: stop their server, delete them."""
+    prefix = scratch_name(target.name).rsplit("_", 1)[0] + "_"
+    removed = []
+    base = scratch_base(target)
+    if not base.is_dir():
+        return removed
+    now = datetime.now(timezone.utc)
+    for path in base.iterdir():
+        born = created_at(path.name)
+        if not path.name.startswith(prefix) or born is None or now - born <= older_than:
+            continue
+        _kill_server(path / "data")
+        remove_folder(path)
+        removed.append(path)
+    return removed
+
+
+def _kill_server(data: Path) -> None:
+    try:
+        pid = int((data / "postmaster.pid").read_text().splitlines()[0])
+        os.kill(pid, 9)
+    except (OSError, ValueError, IndexError):
+        pass
+
+
+class PrivateServer:
+    def __init__(self, folder: Path, data: Path, pg_ctl: Tool, user: str | None):
+        self.folder, self.data, self.pg_ctl, self.user = folder, data, pg_ctl, user
+
+    def prepare(self) -> None:
+        # Debian keeps postgresql.conf outside the data folder: a restored copy may have none.
+        conf = self.data / "postgresql.conf"
+        if not conf.exists():
+            conf.write_text("# written by pgbv for a restore drill\n")
+        (self.folder / "pg_hba.conf").write_text("local all all trust\n")
+        (self.data / "standby.signal").unlink(missing_ok=True)
+        (self.data / "postmaster.pid").unlink(missing_ok=True)
+        if self.user:
+            record = pwd.getpwnam(self.user)
+            for root, dirs, files in os.walk(self.folder):
+                os.chown(root, record.pw_uid, record.pw_gid)
+                for name in files:
+                    os.chown(os.path.join(root, name), record.pw_uid, record.pw_gid, follow_symlinks=False)
+        os.chmod(self.data, 0o700)
+        os.chmod(self.folder, 0o700)
+
+    def start(self, timeout: float) -> None:
+        settings = dict(PRIVATE_SETTINGS, unix_socket_directories=str(self.folder), hba_file=str(self.folder / "pg_hba.conf"))
+        options = " ".join(f"-c {name}='{value}'" for name, value in settings.items())
+        argv = [str(self.pg_ctl.path), "-D", str(self.data), "-l", str(self.folder / "server.log"), "-w",
+                "-t", str(max(int(timeout), 1)), "-o", options, "start"]
+        try:
+            subprocess.run(_as_user(self.user, argv), check=True, capture_output=True, text=True, timeout=timeout + 5)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            raise RestoreFailed(f"the restored copy did not start: {self.log_tail()}") from None
+
+    def log_tail(self) -> str:
+        try:
+            lines = (self.folder / "server.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no server log"
+        return "; ".join(lines[-3:]) or "empty server log"
+
+    def stop(self) -> None:
+        argv = [str(self.pg_ctl.path), "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop"]
+        try:
+            subprocess.run(_as_user(self.user, argv), capture_output=True, timeout=40)
+        except subprocess.TimeoutExpired:
+            pass
+        _kill_server(self.data)
+
+    def dsn(self, dbname: str, user: str) -> str:
+        return f"host={self.folder} port={PORT} dbname={dbname} user={user}"
+
+
+def _connect_when_ready(target: TargetConfig, dsn: str, deadline: float) -> psycopg.Connection:
+    """pg_ctl -w may return while the copy still replays WAL ("not accepting
+    connections"): keep trying until it is ready or the drill's time is up."""
+    while True:
+        try:
+            return connect_dsn(dsn, None, target=target, what="restored copy")
+        except TargetUnreachable as exc:
+            still_starting = "not accepting connections" in exc.reason or "starting up" in exc.reason
+            if not still_starting or time.monotonic() > deadline:
+                raise RestoreFailed(f"the restored copy does not accept connections: {exc.reason}") from None
+            time.sleep(0.2)
+
+
+def _restore_pgbackrest(target: TargetConfig, info: BackupInfo, data: Path, timeout: float) -> None:
+    config = target.backup
+    args = [f"--stanza={config.stanza}"]
+    if config.config_file:
+        args.append(f"--config={config.config_file}")
+    if config.repo:
+        args.append(f"--repo={config.repo}")
+    args += ["restore", f"--set={info.id}", "--type=immediate", "--target-action=promote",
+             "--archive-mode=off", f"--pg1-path={data}"]
+    try:
+        run_tool(config.binary, args, timeout=timeout)
+    except ToolError as exc:
+        message = scrub(str(exc), target.secrets())
+        raise (DrillError(message) if exc.timed_out or exc.returncode is None else RestoreFailed(message)) from None
+
+
+def drill_physical(target: TargetConfig, info: BackupInfo, keep: bool = False) -> DrillResult:
+    config = target.restore
+    deadline = time.monotonic() + config.timeout_minutes * 60
+    started = time.monotonic()
+    user = drill_user(target)
+    base = scratch_base(target)
+    base.mkdir(parents=True, exist_ok=True)
+    for stale in remove_leftovers(target, timedelta(minutes=config.timeout_minutes)):
+        log.warning("target %s: removed %s, left by an interrupted drill", target.name, stale, extra={"target": target.name})
+    if info.size_bytes:
+        _free_space(base, 2 * info.size_bytes)
+    name = scratch_name(target.name)
+    folder = base / name
+    data = folder / "data"
+    result = DrillResult(kind="physical", scratch=str(folder), backup_id=info.id)
+    folder.mkdir(mode=0o700)
+    server: PrivateServer | None = None
+    active.register(name, lambda: (server.stop() if server else None, remove_folder(folder)))
+    try:
+        restore_started = time.monotonic()
+        if info.kind.startswith("pgbackrest"):
+            data.mkdir(mode=0o700)
+            if user:
+                shutil.chown(folder, user)
+                shutil.chown(data, user)
+            _restore_pgbackrest(target, info, data, max(deadline - time.monotonic(), 1))
+        else:
+            shutil.copytree(info.location, data, symlinks=True)
+        try:
+            major = int((data / "PG_VERSION").read_text().strip())
+        except (OSError, ValueError):
+            raise RestoreFailed(f"the restored folder has no readable PG_VERSION: {info.location}") from None
+        pg_ctl = _tool_of_major("pg_ctl", major, config.pg_bin_dir)
+        server = PrivateServer(folder, data, pg_ctl, user)
+        server.prepare()
+        server.start(max(deadline - time.monotonic(), 1))
+        result.restore_seconds = time.monotonic() - restore_started
+
+        role = conninfo_to_dict(target.dsn).get("user") or "postgres"
+        dbname = conninfo_to_dict(target.dsn).get("dbname") or role
+        with _connect_when_ready(target, server.dsn(dbname, role), deadline) as copy:
+            result.copy_checks = copy_checks(target, copy)
+            names = list(dict.fromkeys(target.checks.critical_tables))
+            result.rows = copy_counts(copy, names)
+        result.live_rows = live_counts(target, names)
+        result.problems += compare(target, result.live_rows, result.rows)
+        if time.monotonic() > deadline:
+            raise DrillError(f"the drill took longer than timeout_minutes ({config.timeout_minutes:g})")
+        if keep:
+            result.kept_dsn = server.dsn(dbname, role)
+    except (OSError, shutil.Error) as exc:
+        raise DrillError(f"scratch folder {folder}: {exc}") from None
+    except psycopg.Error as exc:
+        raise DrillError(scrub(f"{type(exc).__name__}: {exc}", target.secrets())) from None
+    finally:
+        result.duration_seconds = time.monotonic() - started
+        active.unregister(name)
+        if not keep:
+            if server is not None:
+                server.stop()
+            remove_folder(folder)
+    return result
