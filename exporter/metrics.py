@@ -210,6 +210,9 @@ class SnapshotCollector(Collector):
             ("pgbv_rto_target_seconds",
              f"The recovery time objective a drill is measured against (restore.rto_minutes), {_CONFIG}.",
              lambda t: t.rto_target_seconds),
+            ("pgbv_restore_interval_seconds",
+             f"How often a restore drill is due (restore.interval_days), {_CONFIG}.",
+             lambda t: t.restore_interval_seconds),
         ):
             family = GaugeMetricFamily(name, help_text, labels=["target"])
             for t in drilled:

@@ -45,6 +45,7 @@ class TargetSnapshot:
     success_ratio_min: float = 0.0
     # Restore drills; None/empty when the target has none enabled or none ran yet.
     rto_target_seconds: float | None = None
+    restore_interval_seconds: float | None = None
     restore_duration_seconds: float | None = None
     restore_last_success_timestamp: float | None = None
     restore_rows: dict[str, int] = field(default_factory=dict)
@@ -69,6 +70,7 @@ def configured(target: TargetConfig) -> TargetSnapshot:
         max_age_seconds=backup.max_age_hours * 3600 if has_backup else None,
         success_ratio_min=target.checks.min_success_ratio,
         rto_target_seconds=target.restore.rto_minutes * 60 if target.restore.enabled else None,
+        restore_interval_seconds=target.restore.interval_days * 86400 if target.restore.enabled else None,
     )
 
 

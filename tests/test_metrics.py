@@ -55,6 +55,7 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "pgbv_restore_duration_seconds": ("target",),
     "pgbv_restore_last_success_timestamp_seconds": ("target",),
     "pgbv_rto_target_seconds": ("target",),
+    "pgbv_restore_interval_seconds": ("target",),
     "pgbv_restore_rows": ("target", "table"),
     "pgbv_exporter_build_info": ("version",),
 }
@@ -125,6 +126,7 @@ def full_snapshot() -> Snapshot:
         max_age_seconds=49 * 3600.0,
         success_ratio_min=0.95,
         rto_target_seconds=3600.0,
+        restore_interval_seconds=7 * 86400.0,
         restore_duration_seconds=184.5,
         restore_last_success_timestamp=RUN_START - 86400 + 184.5,
         restore_rows={"public.appointments": 40, "public.users": 12},
