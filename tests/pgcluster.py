@@ -1,8 +1,9 @@
 """A private PostgreSQL cluster a test can stop and start under a running daemon.
 
-Uses the newest initdb/pg_ctl found (the embedded wheel's 18, or Debian's 15),
-listens only on a Unix socket in its own folder, and runs as an unprivileged
-user when the tests run as root (PostgreSQL refuses root).
+Uses the newest initdb/pg_ctl found (the embedded wheel's 18, or Debian's 15)
+unless given a bin_dir, listens only on a Unix socket in its own folder, and runs
+as an unprivileged user when the tests run as root (PostgreSQL refuses root).
+Extra postgresql.conf settings (archiving, for a backup tool) can be passed in.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ def _unprivileged_user() -> str | None:
 
 
 class Cluster:
-    def __init__(self) -> None:
-        self.initdb = find_tool("initdb")
-        self.pg_ctl = find_tool("pg_ctl")
+    def __init__(self, bin_dir: Path | None = None, settings: dict[str, str] | None = None) -> None:
+        # A backup tool may support only older servers (pgBackRest 2.45: up to 15).
+        self.initdb = find_tool("initdb", pg_bin_dir=bin_dir)
+        self.pg_ctl = find_tool("pg_ctl", pg_bin_dir=bin_dir)
         self.user = _unprivileged_user()
         self.base = Path(tempfile.mkdtemp(prefix="pgbv-cluster-"))
         os.chmod(self.base, 0o755)
@@ -40,6 +42,13 @@ class Cluster:
         if self.user:
             shutil.chown(self.base, self.user)
         self._run(self.initdb.path, "-D", self.data, "-A", "trust", "-U", "postgres", "--no-sync")
+        if settings:
+            # In the file rather than on pg_ctl's -o: values such as an archive_command
+            # hold spaces and quotes that -o would need escaped twice.
+            with open(self.data / "postgresql.conf", "a") as conf:
+                for name, value in settings.items():
+                    quoted = value.replace("'", "''")
+                    conf.write(f"{name} = '{quoted}'\n")
 
     def _run(self, *argv) -> None:
         command = [str(a) for a in argv]
