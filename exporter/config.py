@@ -160,7 +160,8 @@ class ChecksConfig(_Strict):
     )
     min_policies: dict[str, int] = Field(
         default_factory=dict,
-        description="Minimum number of RLS policies per table; tables not listed need at least 1.",
+        description="Minimum number of RLS policies per table; tables not listed need at least 1. When rls_tables "
+        "is empty (every critical table), 0 exempts a table that has no row-level security by design.",
     )
     required_indexes: list[str] = Field(default_factory=list, description="Indexes that must exist and be valid.")
     required_functions: list[str] = Field(default_factory=list, description="Functions that must exist.")
@@ -450,7 +451,11 @@ def _overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any
     for key in sorted(environ):
         if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV or key.startswith("PGBV_TEST_"):
             continue
-        path = [part.lower() for part in key[len(ENV_PREFIX):].split(ENV_DELIMITER)]
+        raw_parts = key[len(ENV_PREFIX):].split(ENV_DELIMITER)
+        # Keys are case-insensitive, except the names inside a tool's `env` mapping
+        # (AWS_SECRET_ACCESS_KEY must reach wal-g as it is written).
+        path = [part if depth and raw_parts[depth - 1].lower() == "env" else part.lower()
+                for depth, part in enumerate(raw_parts)]
         if not all(path):
             raise ConfigError(f"{key}: empty name part between '{ENV_DELIMITER}' delimiters")
         node: Any = data

@@ -16,7 +16,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,12 +100,17 @@ def run_tool(
     timeout: float,
     env: Mapping[str, str] | None = None,
     cwd: str | os.PathLike | None = None,
+    *,
+    ok_codes: Collection[int] = (0,),
 ) -> subprocess.CompletedProcess:
-    """Run tool with args; return the CompletedProcess (text stdout and stderr) on exit 0.
+    """Run tool with args; return the CompletedProcess (text stdout and stderr) when it
+    exits with one of ok_codes (only 0 by default).
 
     env is laid over the current environment (so PGPASSWORD can be added without
-    losing PATH). Raises ToolError on a non-zero exit, on timeout (the whole process
-    group is killed, so helpers the tool started go too), or when it cannot start.
+    losing PATH). Raises ToolError on any other exit, on death by a signal, on timeout
+    (the whole process group is killed, so helpers the tool started go too), or when it
+    cannot start. ok_codes exists for tools that report a verdict through their exit
+    code and still print their answer (``barman -f json`` exits 1 on a failed check).
     """
     if isinstance(tool, Tool):
         program, label = str(tool.path), tool.name
@@ -152,7 +157,8 @@ def run_tool(
         proc.wait()
         raise
     out_text, err_text = out.decode(errors="replace"), err.decode(errors="replace")
-    if proc.returncode != 0:
+    # A signal is never an answer, whatever ok_codes says.
+    if proc.returncode < 0 or proc.returncode not in ok_codes:
         said = _tail(err_text) or _tail(out_text) or "no output"
         how = f"was killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exited with code {proc.returncode}"
         raise ToolError(f"{label} {how}: {said}", returncode=proc.returncode, stderr=err_text)

@@ -155,3 +155,12 @@ def test_configuration_docs_are_generated_from_the_models():
 
     docs = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
     assert docs.read_text() == render(), "docs/configuration.md is stale: run `make docs`"
+
+
+def test_environment_keys_inside_a_tool_env_keep_their_case(tmp_path):
+    data = {"targets": [{"name": "app", "dsn": "dbname=app", "backup": {"source": "walg", "env": {"WALG_S3_PREFIX": "s3://b/app"}}}]}
+    settings = load_settings(write(tmp_path, data), environ={"PGBV_TARGETS__0__BACKUP__ENV__AWS_SECRET_ACCESS_KEY": "k3y"})
+    env = settings.targets[0].backup.env
+    assert env == {"WALG_S3_PREFIX": "s3://b/app", "AWS_SECRET_ACCESS_KEY": "k3y"}
+    assert "k3y" in settings.targets[0].secrets()
+    assert "k3y" not in yaml.safe_dump(masked(settings))

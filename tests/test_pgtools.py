@@ -141,7 +141,7 @@ def test_run_tool_timeout_kills_the_process_group(tmp_path):
         run_tool("sh", ["-c", f"sleep 30 & echo $! > {pidfile}; echo waiting >&2; wait"], timeout=0.5)
     assert time.monotonic() - started < 3
     assert caught.value.timed_out
-    assert "sh took longer than 0.5s and was stopped; it said: waiting" == str(caught.value)
+    assert "sh timed out after 0.5 s and was stopped; it said: waiting" == str(caught.value)
     grandchild = int(pidfile.read_text())
     deadline = time.monotonic() + 2
     while time.monotonic() < deadline and _alive(grandchild):
@@ -151,7 +151,7 @@ def test_run_tool_timeout_kills_the_process_group(tmp_path):
 
 def test_run_tool_timeout_of_a_plain_command():
     started = time.monotonic()
-    with pytest.raises(ToolError, match=r"sleep took longer than 0.5s"):
+    with pytest.raises(ToolError, match=r"sleep timed out after 0.5 s"):
         run_tool("sleep", ["10"], timeout=0.5)
     assert time.monotonic() - started < 1.5
 
@@ -186,3 +186,19 @@ def test_non_zero_exit_keeps_the_last_lines():
 def test_a_tool_that_cannot_start(tmp_path):
     with pytest.raises(ToolError, match="cannot run pgbv_missing: No such file or directory"):
         run_tool(tmp_path / "pgbv_missing", [], timeout=5)
+
+
+def test_ok_codes_return_the_output_of_a_non_zero_exit():
+    # barman -f json exits 1 on an error it reports, and its JSON is the answer.
+    script = 'echo \'{"_ERROR": ["Unknown server"]}\'; echo "said" >&2; exit 1'
+    done = run_tool("sh", ["-c", script], timeout=10, ok_codes=(0, 1))
+    assert (done.returncode, done.stdout, done.stderr) == (1, '{"_ERROR": ["Unknown server"]}\n', "said\n")
+    with pytest.raises(ToolError, match="sh exited with code 1: said"):
+        run_tool("sh", ["-c", script], timeout=10)
+    with pytest.raises(ToolError, match="sh exited with code 2"):
+        run_tool("sh", ["-c", "exit 2"], timeout=10, ok_codes=(0, 1))
+
+
+def test_ok_codes_never_accept_a_signal():
+    with pytest.raises(ToolError, match="sh was killed by signal 9"):
+        run_tool("sh", ["-c", "kill -9 $$"], timeout=10, ok_codes=(0, 1, -9))

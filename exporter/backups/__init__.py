@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from exporter.backups.base import BackupSource, BackupSourceError, NoBackupFound
+from exporter.backups.barman import BarmanBackupSource
+from exporter.backups.command import CommandBackupSource
 from exporter.backups.directory import DirectoryBackupSource
+from exporter.backups.pgbackrest import PgBackRestSource
+from exporter.backups.walg import WalgBackupSource
 
 SOURCES: dict[str, type[BackupSource]] = {
     "directory": DirectoryBackupSource,
+    "pgbackrest": PgBackRestSource,
+    "walg": WalgBackupSource,
+    "barman": BarmanBackupSource,
+    "command": CommandBackupSource,
 }
 
 

@@ -9,7 +9,13 @@ from exporter.result import CheckResult
 
 
 def _tables(target: TargetConfig) -> list[str]:
-    return list(dict.fromkeys(target.checks.rls_tables or target.checks.critical_tables))
+    checks = target.checks
+    if checks.rls_tables:
+        # Named explicitly: RLS must be on, even where 0 policies are enough.
+        return list(dict.fromkeys(checks.rls_tables))
+    # By default every critical table; min_policies {table: 0} exempts one that has no
+    # row-level security by design.
+    return [name for name in dict.fromkeys(checks.critical_tables) if checks.min_policies.get(name, 1) > 0]
 
 
 class RlsPoliciesCheck(Check):

@@ -22,9 +22,7 @@ from exporter.config import PgBackRestBackup, load_settings
 from exporter.result import BackupInfo
 from tests.pgcluster import Cluster
 
-FIXTURES = Path(os.environ.get("PGBV_FIXTURES", "/work/shared/fixtures"))
-if not (FIXTURES / "pgbackrest-info.json").exists():
-    FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+from tests.backups.test_command import FIXTURES  # noqa: E402 - the byte-exact copies in tests/fixtures
 PG15_BIN = Path(os.environ.get("PGBV_PGBACKREST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PGBACKREST = shutil.which("pgbackrest")
 

@@ -91,3 +91,12 @@ def test_constant_statements_for_5_or_200_tables(make_db):
 def test_timeout_is_an_error(demo_db):
     result = run_while_locked(CHECK, make_target(demo_db, statement_timeout_seconds=0.5), "pg_policy", "pg_catalog")
     assert result.outcome == "error" and "timed out" in result.message
+
+
+def test_min_policies_zero_exempts_a_table(demo_db):
+    _sql(demo_db, "ALTER TABLE contacts DISABLE ROW LEVEL SECURITY")
+    checks = dict(SEED_CHECKS, min_policies={**SEED_CHECKS["min_policies"], "contacts": 0})
+    result = check_once(CHECK, make_target(demo_db, checks=checks))
+    assert result.outcome == "pass", result.message
+    assert "contacts" not in result.data["policies"]
+    assert CHECK.applies(make_target(demo_db, checks={"critical_tables": ["contacts"], "min_policies": {"contacts": 0}})) is False

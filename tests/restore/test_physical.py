@@ -107,3 +107,26 @@ def test_server_binaries_must_match_the_backups_major_version(live, tmp_path, sc
                           record_result=False, drill=True).check("restore")
     assert check.outcome == "error" and "no pg_ctl" in check.message, check.message
     assert list(scratch_dir.iterdir()) == []
+
+
+# --- pgBackRest: restore --type=immediate from a real repository -------------------------
+
+from tests.backups.test_pgbackrest import STANZA, as_postgres_wrapper, real_repo  # noqa: E402,F401 (fixtures)
+
+
+def test_pgbackrest_backup_restores_starts_and_matches_live(real_repo, as_postgres_wrapper, scratch_dir):
+    os.chmod(scratch_dir, 0o755)
+    target = make_target(
+        f"host={real_repo.socket_dir} dbname=postgres user=postgres",
+        checks={"critical_tables": ["t"], "min_policies": {"t": 0}, "max_row_drop_percent": 10},
+        backup={"source": "pgbackrest", "stanza": STANZA, "config_file": str(real_repo.conf),
+                "binary": str(as_postgres_wrapper), "timeout_seconds": 300},
+        restore={"enabled": True, "scratch_dir": str(scratch_dir)},
+    )
+    result = verify_target(target, record_result=False, drill=True)
+    check = result.check("restore")
+    print(f"\npgBackRest drill: {check.outcome}: {check.message}")
+    assert check.outcome == "pass", check.message
+    drill = check.data["restore"]
+    assert drill["kind"] == "physical" and drill["rows"] == {"t": 10000}
+    assert list(scratch_dir.iterdir()) == []

@@ -1,0 +1,229 @@
+"""Barman: the newest DONE backup of a server.
+
+Two commands, each under ``timeout_seconds``:
+
+1. ``barman [-c FILE] -f json list-backups SERVER`` answers "is there a backup, and
+   which is newest": every backup with its status, so an empty list is a clean "no
+   backup" and newer FAILED or WAITING_FOR_WALS attempts can be named.
+2. ``barman [-c FILE] -f json show-backup SERVER ID`` for that backup: its end time
+   with a zone, LSNs, WAL range and sizes.
+
+Why only DONE counts (Barman's own ``latest`` also takes WAITING_FOR_WALS): a
+WAITING_FOR_WALS backup has been copied but the WAL it needs to become consistent is
+not archived yet, so it cannot be restored. It turns DONE (or FAILED) at the next
+``barman cron`` once that WAL arrives; if archiving is broken it never does, and
+taking it as "the newest backup" would keep backup_age green while nothing newer is
+restorable. FAILED, STARTED, EMPTY and SYNCING backups are not restorable either.
+
+Times: show-backup's ``end_time`` is ISO with an offset and is used as it is.
+``end_time_timestamp`` is Barman's ``strftime("%s")``, which glibc computes from the
+fields as if they were in the Barman host's zone, ignoring the offset; it is right only
+when PostgreSQL's and the Barman host's zones agree, so it only orders list-backups
+entries (where every entry is off by the same amount) and is the fallback when an
+``end_time`` has no offset. list-backups' ``end_time`` (``ctime()`` text, no zone) is
+never used.
+
+``barman -f json`` exits 1 when it reports an error and still prints JSON, with the
+error in a top-level ``_ERROR`` list; both are read.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from exporter.backups.base import BackupSource, NoBackupFound
+from exporter.backups.command import excerpt, fail, json_type, parse_json, parse_timestamp, require_int, run_source_tool
+from exporter.config import BarmanBackup
+from exporter.result import BackupInfo
+
+USABLE = "DONE"
+# Why a listed backup is not the newest one, in words for the check's message.
+_NOT_USABLE = {
+    "WAITING_FOR_WALS": "waiting for the WAL it needs",
+    "FAILED": "failed",
+    "STARTED": "still running",
+    "EMPTY": "empty",
+    "SYNCING": "still being copied from the primary Barman",
+}
+# Keys of show-backup's base_backup_information worth keeping with the backup.
+_BASE_DETAILS = (
+    "begin_wal", "end_wal", "begin_lsn", "end_lsn", "timeline", "begin_time", "end_time",
+    "disk_usage_bytes", "disk_usage_with_wals_bytes", "incremental_size_bytes",
+    "copy_time_seconds", "number_of_workers", "wal_compression_ratio",
+)
+_WAL_DETAILS = ("no_of_files", "disk_usage_bytes", "last_available", "compression_ratio")
+
+
+def _messages(data: dict, key: str) -> list[str]:
+    value = data.get(key)
+    if isinstance(value, list):
+        return [str(item) for item in value]
+    if isinstance(value, str):
+        return [value]
+    return []
+
+
+def _epoch(value: Any) -> datetime | None:
+    """Barman's ``*_timestamp`` values: epoch seconds as a text (or a number)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return None
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+class BarmanBackupSource(BackupSource):
+    name = "barman"
+
+    def __init__(self, config: BarmanBackup):
+        self.config = config
+
+    def _args(self, *command: str) -> list[str]:
+        args = []
+        if self.config.config_file is not None:
+            args += ["-c", str(self.config.config_file)]
+        return [*args, "-f", "json", *command]
+
+    def _run_json(self, *command: str) -> dict:
+        """The server's part of a ``barman -f json`` answer; BackupSourceError with
+        Barman's own words when it reports an error."""
+        what = f"barman {command[0]}"
+        done = run_source_tool(
+            self.config.binary, self._args(*command), what=what,
+            timeout=self.config.timeout_seconds, env=None, secrets=(), ok_codes=(0, 1),
+        )
+        if done.returncode != 0 and not done.stdout.strip():
+            # Not Barman's JSON writer speaking: it refused to start ("please run barman
+            # as 'barman' user") or a wrapper failed; stderr has the reason.
+            said = " ".join(done.stderr.split())[-500:] or "no output"
+            fail(f"{what}: {self.config.binary} exited with code {done.returncode}: {said}", ())
+        data = parse_json(done.stdout, what=what, secrets=())
+        if not isinstance(data, dict):
+            fail(f"{what} printed {json_type(data)} where a JSON object was expected", ())
+        errors = _messages(data, "_ERROR") + _messages(data, "_EXCEPTION")
+        if errors:
+            fail(f"{what}: {'; '.join(errors)}", ())
+        server = self.config.server
+        if server not in data:
+            said = "; ".join(_messages(data, "_WARNING") + _messages(data, "_INFO"))
+            how = f" (exit code {done.returncode})" if done.returncode else ""
+            fail(f"{what} printed nothing for server {server!r}{how}"
+                 + (f"; it said: {said}" if said else f": {excerpt(done.stdout)!r}"), ())
+        if done.returncode != 0:
+            fail(f"{what} exited with code {done.returncode}: {excerpt(done.stdout)!r}", ())
+        return data
+
+    def latest(self) -> BackupInfo:
+        server = self.config.server
+        listed = self._run_json("list-backups", server)[server]
+        backup_id, skipped = self.newest_id(listed)
+        shown = self._run_json("show-backup", server, backup_id)[server]
+        return self.info_from_show(shown, backup_id, skipped)
+
+    def newest_id(self, listed: Any) -> tuple[str, list[dict]]:
+        """The id of the newest DONE backup in list-backups' entries for the server,
+        and the newer ones that were passed over; NoBackupFound when there is none."""
+        what = "barman list-backups"
+        server = self.config.server
+        if not isinstance(listed, list):
+            fail(f"{what}: the entry of server {server!r} is {json_type(listed)}, not a list of backups", ())
+        if not listed:
+            raise NoBackupFound(f"barman lists no backups for server {server!r}")
+        candidates: list[tuple[datetime, str]] = []
+        others: list[tuple[str, str]] = []
+        for index, entry in enumerate(listed):
+            if not isinstance(entry, dict):
+                fail(f"{what}: backup entry {index} is {json_type(entry)}", ())
+            for key in ("backup_id", "status"):
+                if not isinstance(entry.get(key), str):
+                    fail(f"{what}: backup entry {index} has no {key}", ())
+            backup_id, status = entry["backup_id"], entry["status"]
+            if status != USABLE:
+                others.append((backup_id, status))
+                continue
+            ended = _epoch(entry.get("end_time_timestamp"))
+            if ended is None:
+                fail(f"{what}: backup {backup_id} has no usable end_time_timestamp "
+                     f"(got {entry.get('end_time_timestamp')!r})", ())
+            candidates.append((ended, backup_id))
+        if not candidates:
+            states = ", ".join(f"{bid} {status} ({_NOT_USABLE.get(status, 'not restorable')})"
+                               for bid, status in others)
+            raise NoBackupFound(f"barman lists {len(listed)} backup(s) for server {server!r}, none DONE: {states}")
+        # Equal end times: the greater id wins; ids are fixed-width start times, so
+        # that is the later backup.
+        _, backup_id = max(candidates)
+        newer = [{"backup_id": bid, "status": status} for bid, status in others if bid > backup_id]
+        return backup_id, newer
+
+    def info_from_show(self, shown: Any, backup_id: str, skipped: list[dict]) -> BackupInfo:
+        what = f"barman show-backup {backup_id}"
+        if not isinstance(shown, dict):
+            fail(f"{what}: the entry of server {self.config.server!r} is {json_type(shown)}", ())
+        if shown.get("backup_id") != backup_id:
+            fail(f"{what} describes backup {shown.get('backup_id')!r} instead", ())
+        status = shown.get("status")
+        if status != USABLE:
+            # It changed between the two commands (deleted, or a status Barman rewrote).
+            fail(f"{what}: status is now {status!r}, not {USABLE}", ())
+        base = shown.get("base_backup_information")
+        if not isinstance(base, dict):
+            fail(f"{what} has no base_backup_information", ())
+
+        finished = self._end_time(base, what)
+        size_key = "disk_usage_with_wals_bytes"
+        if size_key not in base:
+            fail(f"{what}: base_backup_information has no {size_key}", ())
+        # The files and the WAL a restore of this backup needs, as Barman stores them.
+        size = require_int(base[size_key], what=what, key=size_key)
+
+        details: dict[str, Any] = {"server": self.config.server, "status": status}
+        for key in _BASE_DETAILS:
+            if key in base:
+                details[key] = base[key]
+        wal = shown.get("wal_information")
+        if isinstance(wal, dict):
+            details["wal_after_backup"] = {key: wal[key] for key in _WAL_DETAILS if key in wal}
+        for key in ("postgresql_version", "pgdata_directory"):
+            if key in shown:
+                details[key] = shown[key]
+        catalog = shown.get("catalog_information")
+        if isinstance(catalog, dict) and "retention_policy" in catalog:
+            details["retention_status"] = catalog["retention_policy"]
+        if skipped:
+            details["newer_not_done"] = skipped
+
+        method = next(
+            (shown[key] for key in ("backup_type", "backup_method", "mode") if isinstance(shown.get(key), str) and shown[key]),
+            "full",  # Barman 3.4 names no method in its JSON; every backup it takes is full
+        )
+        return BackupInfo(
+            id=backup_id,
+            finished_at=finished,
+            size_bytes=size,
+            kind=f"barman {method}",
+            location=f"{self.config.server}/{backup_id}",
+            details=details,
+        )
+
+    @staticmethod
+    def _end_time(base: dict, what: str) -> datetime:
+        text = base.get("end_time")
+        if isinstance(text, str):
+            try:
+                parsed = datetime.fromisoformat(text)
+            except ValueError:
+                parsed = None
+            if parsed is not None and parsed.tzinfo is not None:
+                return parsed.astimezone(timezone.utc)
+        fallback = _epoch(base.get("end_time_timestamp"))
+        if fallback is not None:
+            return fallback
+        if text is None:
+            fail(f"{what}: base_backup_information has no end_time", ())
+        return parse_timestamp(text, what=what, key="end_time")  # raises with the reason

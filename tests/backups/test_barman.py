@@ -1,0 +1,247 @@
+"""The barman source on Barman 3.4's real output (fixtures captured from the program),
+printed byte for byte by a stand-in barman executable."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from exporter.backups import BarmanBackupSource, source_for
+from exporter.backups.base import BackupSourceError, NoBackupFound
+from exporter.config import BarmanBackup
+from tests.backups.test_command import FIXTURES, StandIn, public_folder, runuser_wrapper, wait_dead
+
+LIST = FIXTURES / "barman-list-backups.json"
+SHOW = FIXTURES / "barman-show-backup.json"
+SHOW_NO_WALS = FIXTURES / "barman-show-backup-no-wals.json"
+SHOW_UNKNOWN = FIXTURES / "barman-show-backup-unknown.json"
+NEWEST = "20261127T174138"
+OLDER = "20261127T173753"
+
+
+@pytest.fixture
+def standin(tmp_path) -> StandIn:
+    return StandIn(tmp_path)
+
+
+@pytest.fixture
+def public_dir():
+    with public_folder() as folder:
+        yield folder
+
+
+def barman(binary, timeout: float = 10, config_file: Path | None = None, server: str = "pg15") -> BarmanBackupSource:
+    return BarmanBackupSource(
+        BarmanBackup(source="barman", server=server, binary=str(binary), timeout_seconds=timeout, config_file=config_file)
+    )
+
+
+def listing() -> dict:
+    return json.loads(LIST.read_bytes())
+
+
+def shown() -> dict:
+    return json.loads(SHOW.read_bytes())
+
+
+def dumps(data) -> bytes:
+    return json.dumps(data, sort_keys=True).encode()
+
+
+def test_the_newest_backup_of_the_fixtures(standin):
+    binary = standin.dispatch("barman", {"list-backups": (LIST, 0), "show-backup": (SHOW, 0)})
+    info = barman(binary).latest()
+    assert info.id == NEWEST
+    assert info.kind == "barman full"
+    # show-backup's end_time with its offset, to the microsecond.
+    assert info.finished_at == datetime(2026, 11, 27, 17, 41, 39, 262513, tzinfo=timezone.utc)
+    assert info.size_bytes == 72481005  # the backup with the WAL it needs, as list-backups' size_bytes
+    assert info.location == f"pg15/{NEWEST}"
+    details = info.details
+    assert (details["begin_wal"], details["end_wal"]) == ("00000001000000000000000A", "00000001000000000000000A")
+    assert (details["begin_lsn"], details["end_lsn"]) == ("0/A000028", "0/B000000")
+    assert details["disk_usage_bytes"] == 72464541
+    assert details["postgresql_version"] == 150018
+    assert details["retention_status"] == "VALID"
+    assert details["wal_after_backup"]["last_available"] == "00000001000000000000000E"
+    assert "newer_not_done" not in details
+    json.dumps(details)
+
+
+def test_the_command_lines(standin, tmp_path):
+    # The last call wins the args file: check each call through its own stand-in run.
+    binary = standin.dispatch("barman", {"list-backups": (LIST, 0), "show-backup": (SHOW, 0)})
+    barman(binary, config_file=tmp_path / "barman.conf").latest()
+    assert standin.calls("barman") == ["-c", str(tmp_path / "barman.conf"), "-f", "json", "show-backup", "pg15", NEWEST]
+    with pytest.raises(BackupSourceError):
+        # list-backups is asked first, with the same global options
+        barman(standin.dispatch("barman", {"list-backups": (b"garbage", 0)})).latest()
+    assert standin.calls("barman") == ["-f", "json", "list-backups", "pg15"]
+
+
+def test_without_wal_after_the_backup(standin):
+    # wal_information's ratios are the integer 0 here instead of "87.26%" texts.
+    binary = standin.dispatch("barman", {"list-backups": (LIST, 0), "show-backup": (SHOW_NO_WALS, 0)})
+    info = barman(binary).latest()
+    assert info.id == NEWEST
+    assert info.details["wal_after_backup"]["compression_ratio"] == 0
+
+
+def test_newer_backups_that_are_not_done_are_passed_over(standin):
+    data = listing()
+    data["pg15"][:0] = [
+        {"backup_id": "20261128T010000", "status": "FAILED"},
+        {"backup_id": "20261128T020000", "status": "WAITING_FOR_WALS", "end_time": "Sat Nov 28 02:10:00 2026",
+         "end_time_timestamp": "1795831800", "size_bytes": 72481005, "retention_status": "-"},
+        {"backup_id": "20261128T030000", "status": "STARTED"},
+    ]
+    binary = standin.dispatch("barman", {"list-backups": (dumps(data), 0), "show-backup": (SHOW, 0)})
+    info = barman(binary).latest()
+    assert info.id == NEWEST
+    assert [item["status"] for item in info.details["newer_not_done"]] == ["FAILED", "WAITING_FOR_WALS", "STARTED"]
+
+
+def test_no_backup_done_is_no_backup(standin):
+    data = {"pg15": [{"backup_id": "20261128T010000", "status": "FAILED"},
+                     {"backup_id": "20261128T020000", "status": "WAITING_FOR_WALS", "end_time_timestamp": "1795831800"}]}
+    binary = standin.dispatch("barman", {"list-backups": (dumps(data), 0)})
+    lookup = barman(binary).lookup()
+    assert lookup.error is None
+    assert "none DONE: 20261128T010000 FAILED (failed), 20261128T020000 WAITING_FOR_WALS" in lookup.missing
+
+
+def test_an_empty_list_is_no_backup(standin):
+    binary = standin.dispatch("barman", {"list-backups": (b'{"pg15": []}', 0)})
+    with pytest.raises(NoBackupFound, match="barman lists no backups for server 'pg15'"):
+        barman(binary).latest()
+
+
+def test_newest_by_end_time(standin):
+    data = listing()
+    data["pg15"].reverse()
+    binary = standin.dispatch("barman", {"list-backups": (dumps(data), 0), "show-backup": (SHOW, 0)})
+    assert barman(binary).latest().id == NEWEST
+
+
+def test_the_offset_wins_over_end_time_timestamp(standin):
+    # end_time_timestamp is strftime("%s"): off by the zone difference when PostgreSQL's
+    # zone is not the Barman host's. The offset in end_time is the truth.
+    data = shown()
+    base = data["pg15"]["base_backup_information"]
+    base["end_time"] = "2026-11-27 18:41:39.262513+01:00"
+    base["end_time_timestamp"] = str(int(base["end_time_timestamp"]) + 3600)
+    binary = standin.dispatch("barman", {"list-backups": (LIST, 0), "show-backup": (dumps(data), 0)})
+    assert barman(binary).latest().finished_at == datetime(2026, 11, 27, 17, 41, 39, 262513, tzinfo=timezone.utc)
+
+
+def test_an_end_time_without_offset_falls_back_to_the_timestamp(standin):
+    data = shown()
+    data["pg15"]["base_backup_information"]["end_time"] = "2026-11-27 17:41:39.262513"
+    binary = standin.dispatch("barman", {"list-backups": (LIST, 0), "show-backup": (dumps(data), 0)})
+    assert barman(binary).latest().finished_at == datetime(2026, 11, 27, 17, 41, 39, tzinfo=timezone.utc)
+
+
+def test_unknown_server_is_an_error_with_barmans_words(standin):
+    binary = standin.dispatch("barman", {"list-backups": (b'{"_ERROR": ["Unknown server \'nosuch\'"]}', 1)})
+    lookup = barman(binary, server="nosuch").lookup()
+    assert lookup.error == "barman list-backups: Unknown server 'nosuch'"
+
+
+def test_a_backup_gone_between_the_two_commands_is_an_error(standin):
+    binary = standin.dispatch("barman", {"list-backups": (LIST, 0), "show-backup": (SHOW_UNKNOWN, 1)})
+    with pytest.raises(BackupSourceError, match=r"barman show-backup: Unknown backup '20200101T000000' for server 'pg15'"):
+        barman(binary).latest()
+
+
+def test_an_inactive_server_is_an_error(standin):
+    output = b'{"_INFO": ["Skipping inactive server \'pg15\'"]}'
+    binary = standin.dispatch("barman", {"list-backups": (output, 0)})
+    with pytest.raises(BackupSourceError, match="printed nothing for server 'pg15'; it said: Skipping inactive server"):
+        barman(binary).latest()
+
+
+def test_barman_refusing_to_start_is_an_error_with_its_words(standin):
+    binary = standin.fails("barman", "ERROR: please run barman as 'barman' user")
+    with pytest.raises(BackupSourceError, match="exited with code 1: ERROR: please run barman as 'barman' user"):
+        barman(binary).latest()
+
+
+def test_other_exit_codes_are_errors(standin):
+    binary = standin.fails("barman", "barman: error: argument -f/--format: invalid choice: 'jsn'", exit_code=2)
+    with pytest.raises(BackupSourceError, match="barman list-backups: barman exited with code 2: barman: error: argument"):
+        barman(binary).latest()
+
+
+def test_a_hanging_barman_is_stopped_with_its_children(standin):
+    binary = standin.sleeps("barman")
+    started = time.monotonic()
+    lookup = barman(binary, timeout=0.5).lookup()
+    assert time.monotonic() - started < 4
+    assert "timed out after 0.5 s" in lookup.error
+    assert wait_dead(standin.child_pid("barman"))
+
+
+def _without(data: dict, *path: str) -> bytes:
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    del node[path[-1]]
+    return dumps(data)
+
+
+@pytest.mark.parametrize(
+    ("list_output", "show_output", "words"),
+    [
+        (b"Traceback (most recent call last):", None, "barman list-backups printed something that is not JSON"),
+        (b'{"pg15": {"backup_id": "x"}}', None, "the entry of server 'pg15' is an object, not a list of backups"),
+        (b'{"pg15": [{"status": "DONE"}]}', None, "backup entry 0 has no backup_id"),
+        (b'{"pg15": [{"backup_id": "20261127T174138", "status": "DONE"}]}', None,
+         "backup 20261127T174138 has no usable end_time_timestamp"),
+        (LIST, b'{"pg15": {"backup_id": "20261127T173753", "status": "DONE"}}', "describes backup '20261127T173753' instead"),
+        (LIST, b'{"pg15": {"backup_id": "20261127T174138", "status": "FAILED"}}', "status is now 'FAILED', not DONE"),
+        (LIST, b'{"pg15": {"backup_id": "20261127T174138", "status": "DONE"}}', "has no base_backup_information"),
+        (LIST, _without(shown(), "pg15", "base_backup_information", "disk_usage_with_wals_bytes"),
+         "base_backup_information has no disk_usage_with_wals_bytes"),
+        (LIST, b"[]", "barman show-backup printed a list where a JSON object was expected"),
+    ],
+)
+def test_unexpected_output_is_an_error_naming_what_is_wrong(standin, list_output, show_output, words):
+    answers = {"list-backups": (list_output, 0)}
+    if show_output is not None:
+        answers["show-backup"] = (show_output, 0)
+    with pytest.raises(BackupSourceError) as caught:
+        barman(standin.dispatch("barman", answers)).latest()
+    assert words in str(caught.value)
+
+
+def test_an_end_time_missing_everywhere(standin):
+    data = shown()
+    base = data["pg15"]["base_backup_information"]
+    del base["end_time"], base["end_time_timestamp"]
+    binary = standin.dispatch("barman", {"list-backups": (LIST, 0), "show-backup": (dumps(data), 0)})
+    with pytest.raises(BackupSourceError, match="base_backup_information has no end_time"):
+        barman(binary).latest()
+
+
+def test_registered_as_the_barman_source():
+    found = source_for(BarmanBackup(source="barman", server="pg15"))
+    assert isinstance(found, BarmanBackupSource)
+    assert not found.checks_readable()
+
+
+def test_barman_through_a_wrapper_running_it_as_another_user(public_dir, tmp_path):
+    tool = StandIn(public_dir, record_args=False)
+    real = tool.dispatch("barman", {"list-backups": (LIST, 0), "show-backup": (SHOW, 0)})
+    guarded = tool.script(
+        "barman-guarded",
+        '[ "$(id -u)" = 65534 ] || { echo "ERROR: please run barman as \'nobody\' user" >&2; exit 1; }\n'
+        f'exec {real} "$@"\n',
+    )
+    with pytest.raises(BackupSourceError, match="please run barman as 'nobody' user"):
+        barman(guarded).latest()
+    wrapper = runuser_wrapper(tmp_path, "barman-as-nobody", guarded)
+    assert barman(wrapper).latest().id == NEWEST
