@@ -163,3 +163,14 @@ class DirectoryBackupSource(BackupSource):
         return call_with_timeout(
             lambda: scan(folder, self.config.pattern), self.config.timeout_seconds, f"scanning {folder}"
         )
+
+    def checks_readable(self) -> bool:
+        # Every kind of entry gets a reader, or a warning saying why it has none.
+        return True
+
+    def verify_readable(self, info: BackupInfo, server_version_num: int | None, pg_bin_dir=None) -> str:
+        # Imported here: the readers import this module (call_with_timeout).
+        from exporter.backups.readable import verify_entry
+
+        path = Path(info.location) if info.location else Path(self.config.path) / info.id
+        return verify_entry(path, info.kind, self.config.timeout_seconds, server_version_num, pg_bin_dir)

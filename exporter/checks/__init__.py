@@ -22,6 +22,8 @@ ORDER: tuple[str, ...] = (
     "constraints_valid",
     "backup_age",
     "backup_size",
+    "backup_readable",
+    "wal_archiving",
     "restore",
 )
 
