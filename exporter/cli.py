@@ -170,6 +170,11 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    if settings.http.web_config_file is not None:
+        from exporter.webconfig import load_web_config
+
+        # Same check as `pgbv run` makes at start, so a bad certificate path shows here first.
+        load_web_config(settings.http.web_config_file)
     print(yaml.safe_dump(masked(settings), sort_keys=False), end="")
     print(f"# configuration is valid: {len(settings.targets)} target(s)", file=sys.stderr)
     return EXIT_OK

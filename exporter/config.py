@@ -367,8 +367,10 @@ class ScheduleConfig(_Strict):
 
 class HttpConfig(_Strict):
     listen: str = Field("0.0.0.0:10047", description="host:port of /metrics; port 0 picks a free port.")
-    web_config_file: None = Field(
-        None, description="Reserved for an exporter-toolkit style web config (TLS, basic auth), not in this version yet; must be null."
+    web_config_file: Path | None = Field(
+        None,
+        description="An exporter-toolkit style web config (tls_server_config, basic_auth_users with bcrypt hashes); "
+        "`/` and `/metrics` then need TLS and/or a password, `/healthz` stays open. See docs/deploy.md.",
     )
 
     @field_validator("listen")

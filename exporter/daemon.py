@@ -283,11 +283,13 @@ class Daemon:
     def start(self) -> None:
         from exporter.server import MetricsServer
 
+        # Built first: a bad web config (TLS, basic auth) stops the start before any database work.
+        self.server = MetricsServer(self.settings.http.listen, self.current_snapshot, self.healthy,
+                                    web_config_file=self.settings.http.web_config_file)
         self._schedule_jobs()
         # Read the log first, so that the first scrape already shows the last verdict
         # (a database that is down costs at most its connect timeout here).
         self.refresh()
-        self.server = MetricsServer(self.settings.http.listen, self.current_snapshot, self.healthy)
         self.server.start()
         log.info("serving metrics on %s/metrics", self.server.url)
         if self.settings.schedule.run_on_start:

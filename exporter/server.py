@@ -5,14 +5,25 @@ mid-request only holds its own thread, until `REQUEST_TIMEOUT` closes it.
 `/metrics` answers 200 whatever the state of the databases: that state is
 in the exposition (`pgbv_up 0`), and a failed scrape would hide every other
 series with it.
+
+With `http.web_config_file` (exporter/webconfig.py) the server speaks TLS and
+asks for a password on every path but `/healthz`, which probes and health
+checks must reach without credentials and which tells nothing but "ok". The
+TLS handshake happens in the connection's own thread, under
+`HANDSHAKE_TIMEOUT`, never in the accept loop: one client that connects and
+sends nothing (or a slow one) holds only its own thread, while every other
+scrape goes on. (prometheus_client's own TLS server handshakes in the accept
+loop, and one idle connection stops every scrape behind it.)
 """
 
 from __future__ import annotations
 
 import html
 import logging
+import os
 import socket
 import socketserver
+import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -20,6 +31,7 @@ from typing import Callable
 import exporter
 from exporter.metrics import CONTENT_TYPE, Exposition
 from exporter.snapshot import Snapshot
+from exporter.webconfig import WebConfig, WebConfigSource
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +40,13 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = 30.0
 # How often serve_forever looks at the shutdown flag: stop() returns within this.
 POLL_INTERVAL = 0.1
+# A TLS client gets this long to finish its handshake; Prometheus needs milliseconds.
+HANDSHAKE_TIMEOUT = 10.0
+# The first byte of a TLS connection: a handshake record. Anything else is plain HTTP.
+_TLS_HANDSHAKE_RECORD = 0x16
+_PLAIN_HTTP_ON_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                      b"Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+REALM = 'Basic realm="pgbv", charset="UTF-8"'
 
 Health = Callable[[], "bool | tuple[bool, str]"]
 
@@ -91,6 +110,43 @@ class _Server(ThreadingHTTPServer):
         # The default prints a traceback to stderr for every client that hangs up early.
         log.debug("connection from %s ended with an error", client_address, exc_info=True)
 
+    def finish_request(self, request, client_address) -> None:
+        # Runs in the connection's own thread (ThreadingMixIn), so the handshake below
+        # never holds up accept() and the other scrapes.
+        web = self.app.web_config()
+        if web is None or web.tls is None:
+            return super().finish_request(request, client_address)
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            first = request.recv(1, socket.MSG_PEEK)
+        except OSError:
+            return
+        if not first:
+            return
+        if first[0] != _TLS_HANDSHAKE_RECORD:
+            # The usual mistake is scheme: http in a scrape config; say so, as Go servers do.
+            try:
+                request.recv(65536)  # unread input would turn our close into a reset that eats the answer
+                request.sendall(_PLAIN_HTTP_ON_TLS)
+            except OSError:
+                pass
+            return
+        tls = web.tls.context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+        try:
+            tls.settimeout(HANDSHAKE_TIMEOUT)
+            try:
+                tls.do_handshake()
+            except (ssl.SSLError, OSError) as exc:  # socket.timeout is an OSError
+                log.debug("TLS handshake with %s failed: %s", client_address, exc)
+                return
+            if not web.tls.peer_allowed(tls.getpeercert()):
+                log.warning("client certificate of %s names none of client_allowed_sans; connection closed",
+                            client_address[0])
+                return
+            super().finish_request(tls, client_address)
+        finally:
+            self.shutdown_request(tls)
+
 
 _VARY = {"Vary": "Accept-Encoding"}  # caches must not serve gzip bytes to a client that did not ask
 
@@ -111,6 +167,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _respond(self, head: bool) -> None:
         path = self.path.split("?", 1)[0]
         app = self.server.app
+        self._web = app.web_config()
+        if path != "/healthz" and self._web is not None and self._web.auth is not None:
+            if self._web.auth.check(self.headers.get("Authorization")) is None:
+                self._send(401, "text/plain; charset=utf-8", b"Unauthorized\n", head, {"WWW-Authenticate": REALM})
+                return
         try:
             if path == "/metrics":
                 rendered = app.exposition.get()
@@ -141,7 +202,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        for key, value in (extra or {}).items():
+        web: WebConfig | None = getattr(self, "_web", None)
+        for key, value in {**(web.headers if web else {}), **(extra or {})}.items():
             self.send_header(key, value)
         self.end_headers()
         if not head:
@@ -173,16 +235,23 @@ class MetricsServer:
     """Serves the current Snapshot over HTTP from a background thread.
 
     `healthy` returns a bool, or (bool, reason) so that /healthz can say why
-    it answers 503.
+    it answers 503. `web_config_file` (exporter-toolkit format) turns on TLS
+    and basic auth; it is read here, so a bad file raises ConfigError before
+    anything listens.
     """
 
-    def __init__(self, listen: str, snapshot_source: Callable[[], Snapshot], healthy: Health):
+    def __init__(self, listen: str, snapshot_source: Callable[[], Snapshot], healthy: Health,
+                 web_config_file: str | os.PathLike | None = None):
         self.listen = listen
         self.host, self._requested_port = parse_listen(listen)
         self.exposition = Exposition(snapshot_source)
         self._healthy = healthy
+        self._web = WebConfigSource(web_config_file) if web_config_file is not None else None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    def web_config(self) -> WebConfig | None:
+        return self._web.current() if self._web is not None else None
 
     def health(self) -> tuple[bool, str]:
         try:
@@ -247,7 +316,9 @@ class MetricsServer:
             host = "::1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        web = self.web_config()
+        scheme = "https" if web is not None and web.tls is not None else "http"
+        return f"{scheme}://{host}:{self.port}"
 
     def __enter__(self) -> "MetricsServer":
         return self.start()
