@@ -504,6 +504,23 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{loc}: {message}" if loc else message
 
 
+def read_yaml(file: Path, label: str) -> Any:
+    """A YAML file's data; ConfigError with one line naming label and the file otherwise."""
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{label}: {file}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{label}: {file}: cannot read: {exc.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{label}: {file}:{where} not valid YAML ({problem})") from None
+
+
 def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Settings:
     """Read, merge and validate the configuration; raise ConfigError with one line per problem."""
     environ = dict(os.environ if environ is None else environ)
@@ -512,19 +529,7 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str]
     data: dict[str, Any] = {}
     if path is not None:
         file = Path(path)
-        try:
-            text = file.read_text()
-        except FileNotFoundError:
-            raise ConfigError(f"--config: file not found: {file}") from None
-        except OSError as exc:
-            raise ConfigError(f"--config: cannot read {file}: {exc.strerror}") from None
-        try:
-            loaded = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"--config: {file}{where}: not valid YAML ({problem})") from None
+        loaded = read_yaml(file, "--config")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

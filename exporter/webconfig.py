@@ -49,9 +49,8 @@ from pathlib import Path
 from typing import Any
 
 import bcrypt
-import yaml
 
-from exporter.config import ConfigError
+from exporter.config import ConfigError, read_yaml
 
 log = logging.getLogger("pgbv.webconfig")
 
@@ -398,18 +397,7 @@ def load_web_config(path: str | os.PathLike) -> WebConfig:
     """Read and check a web config; raises ConfigError with one line naming the key."""
     path = Path(path)
     prefix = f"{KEY}: {path}"
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{prefix}: file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{prefix}: cannot read: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{prefix}:{where} not valid YAML ({getattr(exc, 'problem', None) or 'syntax error'})") from None
+    data = read_yaml(path, KEY)
     try:
         data = _mapping(data, "the top level")
         _unknown(data, _TOP_KEYS, "")
