@@ -18,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from exporter.config import TargetConfig
 from exporter.db import TargetUnreachable, connect_dsn, first_line
-from exporter.pgtools import ToolError, ToolNotFound, find_tool, run_tool
+from exporter.pgtools import Tool, ToolError, ToolNotFound, candidates, find_tool, probe, run_tool
 from exporter.redact import scrub
 from exporter.restore import active
 from exporter.restore.compare import compare, copy_checks, copy_counts, live_counts
@@ -71,6 +71,47 @@ def _amcheck(target: TargetConfig, conn: psycopg.Connection, dsn: str, password:
     return "pg_amcheck found no corruption in the copy's B-tree indexes"
 
 
+_HARMLESS = 'unrecognized configuration parameter "transaction_timeout"'
+
+
+def _harmless_errors(exc: ToolError) -> int:
+    """How many errors pg_restore reported, when every one of them is the known harmless one.
+
+    pg_restore 17+ starts each session with `SET transaction_timeout = 0`, which a
+    PostgreSQL 16 or older server rejects. Such a restore runs without
+    --exit-on-error, and any other error still fails the drill.
+    """
+    errors = [line for line in exc.stderr.splitlines() if "error:" in line]
+    if errors and all(_HARMLESS in line for line in errors):
+        return len(errors)
+    return 0
+
+
+def _choose_pg_restore(server_version: int, pg_bin_dir, info: BackupInfo, timeout: float) -> tuple[Tool, str]:
+    """The pg_restore to use, and the archive's table of contents.
+
+    Newer pg_restore sends settings an older server rejects, so a pg_restore of the
+    server's own major version is preferred when it can read the archive (an archive
+    written by a newer pg_dump it cannot); otherwise the newest, never older than
+    the server.
+    """
+    newest = find_tool("pg_restore", server_version, pg_bin_dir)
+    major = server_version // 10000
+    if newest.major > major and pg_bin_dir is None:
+        for path in candidates("pg_restore"):
+            try:
+                tool = probe(path, "pg_restore")
+            except ToolNotFound:
+                continue
+            if tool.major != major:
+                continue
+            try:
+                return tool, run_tool(tool, ["--list", str(info.location)], timeout=timeout).stdout
+            except ToolError:
+                break  # the archive is newer than this pg_restore reads
+    return newest, run_tool(newest, ["--list", str(info.location)], timeout=timeout).stdout
+
+
 def drill_logical(target: TargetConfig, info: BackupInfo, keep: bool = False) -> DrillResult:
     """Restore info's archive into a new scratch database, check it, compare it, drop it."""
     if info.kind not in RESTORABLE_KINDS:
@@ -99,24 +140,30 @@ def drill_logical(target: TargetConfig, info: BackupInfo, keep: bool = False) ->
                 if problem:
                     raise DrillError(problem)
             version = admin.info.server_version
-            pg_restore = find_tool("pg_restore", version, config.pg_bin_dir or target.pg_bin_dir)
+            pg_restore, listing = _choose_pg_restore(version, config.pg_bin_dir or target.pg_bin_dir, info,
+                                                     max(deadline - time.monotonic(), 1))
             create_database(admin, name)
             created = True
             active.register(name, lambda: _drop_quietly(scratch_dsn, password, target, name))
             copy_dsn = _with_db(scratch_dsn, name)
 
-            listing = run_tool(pg_restore, ["--list", str(info.location)], timeout=max(deadline - time.monotonic(), 1))
-            progress = Progress(f"restore {target.name}", count_items(listing.stdout))
+            progress = Progress(f"restore {target.name}", count_items(listing))
             restore_started = time.monotonic()
-            run_with_progress(
-                pg_restore,
-                ["--verbose", "--exit-on-error", "--no-owner", "--no-privileges", f"--jobs={config.jobs}",
-                 f"--dbname={copy_dsn}", str(info.location)],
-                timeout=max(deadline - time.monotonic(), 1),
-                progress=progress,
-                env=env,
-                register=lambda proc: active.register_process(name, proc),
-            )
+            newer_tool = pg_restore.major > version // 10000
+            args = ["--verbose", "--no-owner", "--no-privileges", f"--jobs={config.jobs}", f"--dbname={copy_dsn}", str(info.location)]
+            if not newer_tool:
+                args.insert(1, "--exit-on-error")
+            try:
+                run_with_progress(pg_restore, args, timeout=max(deadline - time.monotonic(), 1), progress=progress, env=env,
+                                  register=lambda proc: active.register_process(name, proc))
+            except ToolError as exc:
+                ignored = _harmless_errors(exc) if newer_tool and not exc.timed_out else 0
+                if not ignored:
+                    raise
+                result.notes.append(
+                    f"pg_restore {pg_restore.major} into a PostgreSQL {version // 10000} server: ignored {ignored} "
+                    "'SET transaction_timeout' error(s), a setting older servers do not have"
+                )
             result.restore_seconds = time.monotonic() - restore_started
             result.items = progress.total
 
