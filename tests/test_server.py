@@ -283,3 +283,23 @@ def test_promtool_check_metrics_on_a_real_scrape(server, state):
         status, _, body = get(server.url + "/metrics", {"Accept-Encoding": "gzip"})
         assert status == 200
         promtool_check(gzip.decompress(body))
+
+
+def test_accepted_connections_disable_nagle(state, monkeypatch):
+    # Without TCP_NODELAY each keep-alive scrape waits ~40 ms for a delayed ACK (bench/RESULTS.md).
+    import socket as socket_module
+
+    import exporter.server as server_module
+
+    seen = []
+
+    class Probe(server_module._Server):
+        def get_request(self):
+            request, address = super().get_request()
+            seen.append(request.getsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_NODELAY))
+            return request, address
+
+    monkeypatch.setattr(server_module, "_Server", Probe)
+    with MetricsServer("127.0.0.1:0", lambda: state.snapshot, state.health) as srv:
+        urllib.request.urlopen(srv.url + "/metrics", timeout=5).read()
+    assert seen and all(value != 0 for value in seen)
