@@ -21,7 +21,30 @@ from exporter.result import RunResult
 
 MIB = 1024 * 1024
 
-_BELONGS_TO_TARGET = "coalesce(verification_details->>'target', %(target)s) = %(target)s"
+# Rows of this target, and rows without one (written before pgbv), written so that
+# the target index (sql/20261127_...) serves both halves.
+BELONGS_TO_TARGET = "(verification_details->>'target' = %(target)s OR verification_details->>'target' IS NULL)"
+
+
+def newest_query(columns: list[str], condition: str = "TRUE") -> str:
+    """SQL for the target's newest row meeting condition: one short index scan per
+    half (this target's rows, then the rows without a target) instead of a filter
+    over every row. Returns the columns in order; parameters: %(target)s and
+    whatever condition uses."""
+    inner = ", ".join(f"{expression} AS c{index}" for index, expression in enumerate(columns))
+    outer = ", ".join(f"c{index}" for index in range(len(columns)))
+    half = (
+        f"(SELECT verified_at AS newest_at, {inner} FROM backup_verification_log"
+        " WHERE verification_details->>'target' {match} AND ({condition})"
+        " ORDER BY verified_at DESC LIMIT 1)"
+    )
+    return (
+        f"SELECT {outer} FROM ("
+        + half.format(match="= %(target)s", condition=condition)
+        + " UNION ALL "
+        + half.format(match="IS NULL", condition=condition)
+        + ") AS newest ORDER BY newest_at DESC LIMIT 1"
+    )
 
 
 def row_values(result: RunResult) -> dict[str, Any]:
@@ -65,28 +88,17 @@ def insert(conn: psycopg.Connection, result: RunResult) -> uuid.UUID:
 
 def previous_details(conn: psycopg.Connection, target: str) -> dict[str, Any] | None:
     """verification_details of the target's newest recorded run, or None."""
-    row = conn.execute(
-        f"""
-        SELECT verification_details FROM backup_verification_log
-         WHERE {_BELONGS_TO_TARGET}
-         ORDER BY verified_at DESC LIMIT 1
-        """,
-        {"target": target},
-    ).fetchone()
+    row = conn.execute(newest_query(["verification_details"]), {"target": target}).fetchone()
     return row[0] if row and isinstance(row[0], dict) else None
+
+
+# "? 'restore'" lets the partial drills index serve the query.
+GOOD_DRILL = "verification_details ? 'restore' AND verification_details->'restore'->>'outcome' IN ('pass', 'warn')"
 
 
 def last_good_drill(conn: psycopg.Connection, target: str):
     """When the target's newest passing (or merely slow) restore drill was recorded, or None."""
-    row = conn.execute(
-        f"""
-        SELECT verified_at FROM backup_verification_log
-         WHERE {_BELONGS_TO_TARGET}
-           AND verification_details->'restore'->>'outcome' IN ('pass', 'warn')
-         ORDER BY verified_at DESC LIMIT 1
-        """,
-        {"target": target},
-    ).fetchone()
+    row = conn.execute(newest_query(["verified_at"], GOOD_DRILL), {"target": target}).fetchone()
     return row[0] if row else None
 
 
@@ -98,7 +110,7 @@ HISTORY_COLUMNS = (
 
 def history(conn: psycopg.Connection, days: int, target: str | None = None) -> list[dict[str, Any]]:
     """Rows of get_backup_verification_history(days), newest first, optionally one target's."""
-    where = f"WHERE {_BELONGS_TO_TARGET}" if target is not None else ""
+    where = f"WHERE {BELONGS_TO_TARGET}" if target is not None else ""
     rows = conn.execute(
         f"SELECT {', '.join(HISTORY_COLUMNS)} FROM get_backup_verification_history(%(days)s) {where}",
         {"days": days, "target": target},

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 
 from exporter.config import Settings, TargetConfig
+from exporter.record import BELONGS_TO_TARGET, GOOD_DRILL, newest_query
 
 STATUSES = ("success", "warning", "failure")
 RATIO_WINDOWS = {"7d": 7, "30d": 30}
@@ -87,22 +88,8 @@ def empty(settings: Settings) -> Snapshot:
     )
 
 
-_BELONGS = "coalesce(verification_details->>'target', %(target)s) = %(target)s"
-
-_LATEST_SQL = f"""
-SELECT verified_at, status, verification_details
-  FROM backup_verification_log
- WHERE {_BELONGS}
- ORDER BY verified_at DESC
- LIMIT 1
-"""
-
-_LAST_SUCCESS_SQL = f"""
-SELECT verified_at FROM backup_verification_log
- WHERE status = 'success' AND {_BELONGS}
- ORDER BY verified_at DESC
- LIMIT 1
-"""
+_LATEST_SQL = newest_query(["verified_at", "status", "verification_details"])
+_LAST_SUCCESS_SQL = newest_query(["verified_at"], "status = 'success'")
 
 _RATIOS_SQL = f"""
 SELECT count(*) FILTER (WHERE verified_at >= %(since_7d)s),
@@ -110,25 +97,12 @@ SELECT count(*) FILTER (WHERE verified_at >= %(since_7d)s),
        count(*),
        count(*) FILTER (WHERE status = 'success')
   FROM backup_verification_log
- WHERE verified_at >= %(since_30d)s AND verified_at <= %(now)s AND {_BELONGS}
+ WHERE verified_at >= %(since_30d)s AND verified_at <= %(now)s AND {BELONGS_TO_TARGET}
 """
 
 
-_LAST_DRILL_SQL = f"""
-SELECT verification_details->'restore'
-  FROM backup_verification_log
- WHERE verification_details ? 'restore' AND {_BELONGS}
- ORDER BY verified_at DESC
- LIMIT 1
-"""
-
-_LAST_GOOD_DRILL_SQL = f"""
-SELECT verified_at, verification_details->'restore'->'duration_seconds'
-  FROM backup_verification_log
- WHERE verification_details->'restore'->>'outcome' IN ('pass', 'warn') AND {_BELONGS}
- ORDER BY verified_at DESC
- LIMIT 1
-"""
+_LAST_DRILL_SQL = newest_query(["verification_details->'restore'"], "verification_details ? 'restore'")
+_LAST_GOOD_DRILL_SQL = newest_query(["verified_at", "verification_details->'restore'->'duration_seconds'"], GOOD_DRILL)
 
 
 def _drills(conn: psycopg.Connection, target: TargetConfig) -> dict[str, Any]:

@@ -27,7 +27,7 @@ SELECT count(*) FILTER (WHERE l.verified_at >= %(now)s - make_interval(days => %
        count(*) FILTER (WHERE l.status = 'success')
   FROM {table} AS l
  WHERE l.verified_at >= %(now)s - make_interval(days => %(long)s)
-   AND coalesce(l.verification_details->>'target', %(target)s) = %(target)s
+   AND (l.verification_details->>'target' = %(target)s OR l.verification_details->>'target' IS NULL)
 """
 
 

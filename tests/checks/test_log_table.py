@@ -27,7 +27,9 @@ def test_migrated_demo_passes_in_one_statement_and_writes_nothing(demo_db):
         "public.backup_verification_log matches the migration: 11 columns, 5 indexes, "
         "backup_verification_log_status_check on ('success', 'warning', 'failure'), constraint validated"
     )
-    assert result.observed["columns"] == 11 and len(result.observed["indexes"]) == 5
+    # The seed's five indexes and the two target indexes of the 20261127 migration.
+    assert result.observed["columns"] == 11 and len(result.observed["indexes"]) == 7
+    assert {"backup_verification_log_pkey", "idx_backup_verification_log_failures"} <= set(result.observed["indexes"])
     assert statements == 1
     with psycopg.connect(demo_db) as conn:
         assert conn.execute("SELECT count(*) FROM backup_verification_log").fetchone()[0] == 0
