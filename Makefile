@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test demo install docs clean
+.PHONY: test demo install docs clean bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,26 @@ test: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/pgbv demo
+
+# Benchmarks against the issue's targets (not part of `make test` nor CI): about 20 minutes
+# on 2 cores; writes bench/RESULTS.md. Needs wrk, nginx and prometheus-postgres-exporter:
+# installed here when run as root (as .ci/run does), named otherwise. BENCH_ARGS=--quick tries it out.
+BENCH_APT := wrk nginx-light prometheus-postgres-exporter
+BENCH_ARGS ?=
+bench: $(VENV)/.installed
+	@missing=""; for tool in wrk nginx prometheus-postgres-exporter; do \
+		command -v $$tool >/dev/null 2>&1 || [ -x /usr/sbin/$$tool ] || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" -eq 0 ]; then \
+			echo "make bench: installing$$missing"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(BENCH_APT) >/dev/null || exit 2; \
+		else \
+			echo "make bench: missing$$missing; install with: apt-get install -y --no-install-recommends $(BENCH_APT)" >&2; \
+			exit 2; \
+		fi; \
+	fi
+	$(PY) -m bench.run_all $(BENCH_ARGS)
 
 docs: $(VENV)/.installed
 	$(PY) -m exporter.config_docs > docs/configuration.md
