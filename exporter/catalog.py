@@ -59,14 +59,17 @@ WITH wanted(requested, nsp, rel) AS (
 SELECT DISTINCT ON (w.requested)
        w.requested, n.nspname, c.relname, c.oid, c.relkind, c.reltuples, c.relpages,
        c.relrowsecurity, c.relforcerowsecurity,
-       (s.last_vacuum IS NOT NULL OR s.last_autovacuum IS NOT NULL
-        OR s.last_analyze IS NOT NULL OR s.last_autoanalyze IS NOT NULL) AS ever_analyzed,
+       -- The functions behind pg_stat_all_tables, called for the matched tables only:
+       -- joining the view builds its row for every table in the database (seconds at 10,000).
+       (pg_catalog.pg_stat_get_last_vacuum_time(c.oid) IS NOT NULL
+        OR pg_catalog.pg_stat_get_last_autovacuum_time(c.oid) IS NOT NULL
+        OR pg_catalog.pg_stat_get_last_analyze_time(c.oid) IS NOT NULL
+        OR pg_catalog.pg_stat_get_last_autoanalyze_time(c.oid) IS NOT NULL) AS ever_analyzed,
        (SELECT count(*) FROM pg_catalog.pg_policy AS p WHERE p.polrelid = c.oid) AS policies,
        (SELECT count(*) FROM pg_catalog.pg_index AS i WHERE i.indrelid = c.oid AND i.indisvalid) AS valid_indexes
   FROM wanted AS w
   JOIN pg_catalog.pg_class AS c ON c.relname = w.rel AND c.relkind IN ('r', 'p')
   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
-  LEFT JOIN pg_catalog.pg_stat_all_tables AS s ON s.relid = c.oid
  WHERE (w.nsp IS NULL AND n.nspname = ANY (pg_catalog.current_schemas(false)))
     OR n.nspname = w.nsp
  ORDER BY w.requested, pg_catalog.array_position(pg_catalog.current_schemas(false), n.nspname)
