@@ -51,7 +51,11 @@ class CatalogWhatIf:
         self.catalog = catalog
         self.original_sql = catalog._TABLES_SQL
         self.patched_sql = self.original_sql.replace(_STATS_JOIN, "").replace(_STATS_COLUMNS, _STATS_FUNCTIONS)
-        self.usable = self.patched_sql != self.original_sql and _STATS_COLUMNS in self.original_sql
+        # The statistics change only where the code still joins the view; the memo always.
+        self.stats_change = self.patched_sql != self.original_sql and _STATS_COLUMNS in self.original_sql
+        if not self.stats_change:
+            self.patched_sql = self.original_sql
+        self.usable = True
         self.original = catalog.find_tables
         self.memo: dict = {}
         self.patched_modules: list = []
@@ -128,6 +132,7 @@ def main() -> None:
     }).start()
     cluster.execute("CREATE EXTENSION pg_stat_statements")
     results = []
+    whatif_stats = False
     try:
         for size in sizes:
             db = f"schema_{size}"
@@ -168,6 +173,7 @@ def main() -> None:
             # What-if: the catalog change proposed in the notes (this process only).
             whatif_walls, whatif_counts = [], []
             whatif = CatalogWhatIf()
+            whatif_stats = whatif.stats_change
             if whatif.usable:
                 with whatif:
                     for _ in range(runs):
@@ -226,10 +232,12 @@ def main() -> None:
             report.say(f"- {r['tables']:,} tables: checks not passing: {json.dumps(r['not_passed'])}")
     report.say()
     if results[-1]["whatif_walls"]:
-        report.say("What-if (not what pgbv ships; the change proposed in the notes, patched into this process only): "
-                   "find_tables answers the same names once per run instead of once per check (6 checks ask), and "
-                   "its query calls pg_stat_get_last_{vacuum,autovacuum,analyze,autoanalyze}_time(c.oid) instead "
-                   "of joining pg_stat_all_tables.")
+        what = "find_tables answers the same names once per run instead of once per check (6 checks ask)"
+        if whatif_stats:
+            what += (", and its query calls pg_stat_get_last_{vacuum,autovacuum,analyze,autoanalyze}_time(c.oid) "
+                     "instead of joining pg_stat_all_tables")
+        report.say(f"What-if (not what pgbv ships; the change proposed in the notes, patched into this process only): "
+                   f"{what}.")
         report.say()
         report.table(["tables", "wall now (median)", "wall with the change (median)", "statements / run with the change"],
                      [[f"{r['tables']:,}", f"{r['wall']:.3f} s", f"{median(r['whatif_walls']):.3f} s",
@@ -250,7 +258,8 @@ def main() -> None:
     big = results[-1]
     note = "" if big["tables"] >= 10_000 else "quick run: not 10,000 tables. "
     if big["whatif_walls"]:
-        note += f"With the catalog change (what-if): {median(big['whatif_walls']):.2f} s"
+        note += (f"with find_tables once per run{' and the statistics functions' if whatif_stats else ''} "
+                 f"(what-if): {median(big['whatif_walls']):.2f} s")
     report.target(f"{big['tables']:,} tables verified", "< 2 s", f"{big['wall']:.2f} s (CLI {big['cli_wall']:.2f} s)",
                   big["wall"] < 2.0 and big["tables"] >= 10_000 or (args.quick and big["wall"] < 2.0), note)
     report.data = {"results": results}
