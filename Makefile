@@ -23,7 +23,7 @@ test: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/pgbv demo
 
-# Benchmarks against the issue's targets (not part of `make test` nor CI): about 20 minutes
+# Benchmarks against the issue's targets (not part of `make test` nor CI): about 15 minutes
 # on 2 cores; writes bench/RESULTS.md. Needs wrk, nginx and prometheus-postgres-exporter:
 # installed here when run as root (as .ci/run does), named otherwise. BENCH_ARGS=--quick tries it out.
 BENCH_APT := wrk nginx-light prometheus-postgres-exporter

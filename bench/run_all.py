@@ -1,7 +1,7 @@
 """Runs every benchmark, one after the other, and writes bench/RESULTS.md: the figures,
 the targets met or missed, the machine and its load, the date and the exact commands.
 
-    .venv/bin/python -m bench.run_all            # the full run (`make bench`), about 20 minutes
+    .venv/bin/python -m bench.run_all            # the full run (`make bench`), about 15 minutes
     .venv/bin/python -m bench.run_all --quick    # small sizes, to try the scripts (writes to /tmp)
     .venv/bin/python -m bench.run_all --only scrape,verify
 
