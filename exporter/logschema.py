@@ -21,6 +21,8 @@ from typing import Any
 import psycopg
 
 TABLE = "backup_verification_log"
+# pgbv's own function (not the seed's): the row's target, as the target indexes are built.
+TARGET_FUNCTION = "backup_verification_log_target"
 
 
 @dataclass(frozen=True)

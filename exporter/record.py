@@ -16,14 +16,20 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from exporter.config import TargetConfig
+from exporter.logschema import TARGET_FUNCTION
 from exporter.redact import scrub
 from exporter.result import RunResult
 
 MIB = 1024 * 1024
 
-# Rows of this target, and rows without one (written before pgbv), written so that
-# the target index (sql/20261127_...) serves both halves.
-BELONGS_TO_TARGET = "(verification_details->>'target' = %(target)s OR verification_details->>'target' IS NULL)"
+# The row's target, spelled as the target indexes are built
+# (sql/20261127_index_backup_verification_log_target_function.sql): through the
+# function, the planner keeps to those indexes instead of reading every run's
+# document in a time window.
+TARGET_OF = f"{TARGET_FUNCTION}(verification_details)"
+# Rows of this target, and rows without one (written before pgbv): the target
+# index serves both halves.
+BELONGS_TO_TARGET = f"({TARGET_OF} = %(target)s OR {TARGET_OF} IS NULL)"
 
 
 def newest_query(columns: list[str], condition: str = "TRUE") -> str:
@@ -35,7 +41,7 @@ def newest_query(columns: list[str], condition: str = "TRUE") -> str:
     outer = ", ".join(f"c{index}" for index in range(len(columns)))
     half = (
         f"(SELECT verified_at AS newest_at, {inner} FROM backup_verification_log"
-        " WHERE verification_details->>'target' {match} AND ({condition})"
+        f" WHERE {TARGET_OF} {{match}} AND ({{condition}})"
         " ORDER BY verified_at DESC LIMIT 1)"
     )
     return (

@@ -8,6 +8,7 @@ and they are this database's history.
 from __future__ import annotations
 
 from psycopg import sql
+from psycopg.errors import UndefinedFunction
 
 from exporter import logschema
 from exporter.checks.base import Check, CheckContext
@@ -27,7 +28,7 @@ SELECT count(*) FILTER (WHERE l.verified_at >= %(now)s - make_interval(days => %
        count(*) FILTER (WHERE l.status = 'success')
   FROM {table} AS l
  WHERE l.verified_at >= %(now)s - make_interval(days => %(long)s)
-   AND (l.verification_details->>'target' = %(target)s OR l.verification_details->>'target' IS NULL)
+   AND ({target_of}(l.verification_details) = %(target)s OR {target_of}(l.verification_details) IS NULL)
 """
 
 
@@ -62,11 +63,20 @@ class SuccessRateCheck(Check):
         schema = logschema.locate(ctx.log_conn)
         if schema is None:
             return self.errored(f"{logschema.TABLE} does not exist; run pgbv migrate", None, expected)
-        query = sql.SQL(_RATIO_SQL).format(table=sql.Identifier(schema, logschema.TABLE))
-        runs_7d, ok_7d, runs_30d, ok_30d = ctx.log_conn.execute(
-            query,
-            {"now": ctx.now, "short": WINDOW_DAYS, "long": LONG_WINDOW_DAYS, "target": ctx.target.name},
-        ).fetchone()
+        query = sql.SQL(_RATIO_SQL).format(
+            table=sql.Identifier(schema, logschema.TABLE),
+            target_of=sql.Identifier(schema, logschema.TARGET_FUNCTION),
+        )
+        try:
+            runs_7d, ok_7d, runs_30d, ok_30d = ctx.log_conn.execute(
+                query,
+                {"now": ctx.now, "short": WINDOW_DAYS, "long": LONG_WINDOW_DAYS, "target": ctx.target.name},
+            ).fetchone()
+        except UndefinedFunction:
+            # A table made by hand, or migrated before the target function existed.
+            return self.errored(
+                f"{schema}.{logschema.TARGET_FUNCTION}(jsonb) does not exist; run pgbv migrate", None, expected,
+            )
         data = {
             "success_ratio_7d": _ratio(ok_7d, runs_7d),
             "success_ratio_30d": _ratio(ok_30d, runs_30d),

@@ -57,7 +57,7 @@ SELECT format('GRANT SELECT, INSERT, DELETE ON %s TO %I', 'backup_verification_l
 SELECT format('GRANT EXECUTE ON FUNCTION %s TO %I', p.oid::regprocedure, :'role')
   FROM pg_catalog.pg_proc AS p
  WHERE p.proname IN ('get_latest_backup_verification', 'get_backup_verification_history',
-                     'cleanup_old_backup_verification_logs')
+                     'cleanup_old_backup_verification_logs', 'backup_verification_log_target')
    AND p.pronamespace = (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = 'backup_verification_log'::regclass) \gexec
 
 -- Restore drills create and drop pgbv_restore_* databases on the scratch server.

@@ -108,3 +108,12 @@ def test_separate_log_database(make_db):
     result = check_once(CHECK, make_target(make_db(), log_dsn=log_dsn), now=NOW)
     assert result.outcome == "fail"
     assert result.data["runs_7d"] == 3
+
+
+def test_log_table_without_the_target_function_is_an_error(demo_db):
+    # A table made by hand from the seed, or migrated before the function existed.
+    with psycopg.connect(demo_db, autocommit=True) as conn:
+        conn.execute("DROP FUNCTION backup_verification_log_target(jsonb) CASCADE")
+    result = check_once(CHECK, make_target(demo_db), now=NOW)
+    assert result.outcome == "error"
+    assert result.message == "public.backup_verification_log_target(jsonb) does not exist; run pgbv migrate"
