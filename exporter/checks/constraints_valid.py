@@ -4,7 +4,7 @@ were there before it, so those rows may break it."""
 
 from __future__ import annotations
 
-from exporter.catalog import counted, find_constraints, find_tables, listing
+from exporter.catalog import counted, find_constraints, listing
 from exporter.checks.base import Check, CheckContext
 from exporter.config import TargetConfig
 from exporter.result import CheckResult
@@ -21,7 +21,7 @@ class ConstraintsValidCheck(Check):
 
     def run(self, ctx: CheckContext) -> CheckResult:
         names = list(dict.fromkeys(ctx.target.checks.critical_tables))
-        found = find_tables(ctx.conn, names)
+        found = ctx.tables(names)
         by_oid = {table.oid: table.requested for table in found.values()}
         # Only FK and CHECK: PostgreSQL 18 lists NOT NULL constraints here too ('n').
         constraints = find_constraints(ctx.conn, list(found.values()), kinds="".join(_KINDS))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from exporter.catalog import find_tables, listing
+from exporter.catalog import listing
 from exporter.checks.base import Check, CheckContext
 from exporter.config import TargetConfig
 from exporter.result import CheckResult
@@ -24,7 +24,7 @@ class TablesExistCheck(Check):
 
     def run(self, ctx: CheckContext) -> CheckResult:
         names = self.names(ctx.target)
-        found = find_tables(ctx.conn, names)
+        found = ctx.tables(names)
         missing = [name for name in names if name not in found]
         observed = [found[name].qualified for name in names if name in found]
         if missing:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exporter.catalog import counted, find_tables, listing
+from exporter.catalog import counted, listing
 from exporter.checks.base import Check, CheckContext
 from exporter.config import TargetConfig
 from exporter.result import CheckResult
@@ -22,7 +22,7 @@ class IndexCoverageCheck(Check):
 
     def run(self, ctx: CheckContext) -> CheckResult:
         names = _tables(ctx.target)
-        found = find_tables(ctx.conn, names)
+        found = ctx.tables(names)
         # Only valid indexes count: an invalid one serves no query.
         counts = {name: found[name].valid_indexes for name in names if name in found}
         bare = [name for name, count in counts.items() if count == 0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from exporter.catalog import counted, find_tables
+from exporter.catalog import counted
 from exporter.checks.base import Check, CheckContext
 from exporter.config import TargetConfig
 from exporter.result import CheckResult
@@ -29,7 +29,7 @@ class RlsPoliciesCheck(Check):
     def run(self, ctx: CheckContext) -> CheckResult:
         names = _tables(ctx.target)
         minimum = {name: ctx.target.checks.min_policies.get(name, 1) for name in names}
-        found = find_tables(ctx.conn, names)
+        found = ctx.tables(names)
 
         problems = []
         for name in names:

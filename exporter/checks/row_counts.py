@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.catalog import MAX_EXACT_COUNTS, Table, counted, exact_row_counts, find_tables, listing
+from exporter.catalog import MAX_EXACT_COUNTS, Table, counted, exact_row_counts, listing
 from exporter.checks.base import Check, CheckContext
 from exporter.config import TargetConfig
 from exporter.result import CheckResult
@@ -62,7 +62,7 @@ class RowCountsCheck(Check):
     def run(self, ctx: CheckContext) -> CheckResult:
         checks = ctx.target.checks
         names = list(dict.fromkeys(checks.critical_tables))
-        found = find_tables(ctx.conn, names)
+        found = ctx.tables(names)
         tables = [found[name] for name in names if name in found]
         missing = [name for name in names if name not in found]
 
