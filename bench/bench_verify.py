@@ -30,59 +30,6 @@ from exporter.verify import verify_target
 SIZES = (10, 1_000, 10_000)
 
 
-_STATS_JOIN = "  LEFT JOIN pg_catalog.pg_stat_all_tables AS s ON s.relid = c.oid\n"
-_STATS_COLUMNS = ("(s.last_vacuum IS NOT NULL OR s.last_autovacuum IS NOT NULL\n"
-                  "        OR s.last_analyze IS NOT NULL OR s.last_autoanalyze IS NOT NULL)")
-_STATS_FUNCTIONS = ("(pg_catalog.pg_stat_get_last_vacuum_time(c.oid) IS NOT NULL"
-                    " OR pg_catalog.pg_stat_get_last_autovacuum_time(c.oid) IS NOT NULL"
-                    " OR pg_catalog.pg_stat_get_last_analyze_time(c.oid) IS NOT NULL"
-                    " OR pg_catalog.pg_stat_get_last_autoanalyze_time(c.oid) IS NOT NULL)")
-
-
-class CatalogWhatIf:
-    """The change proposed in the notes, applied in this process only: find_tables answers
-    the same names once per run (a memo cleared before each run), and its query reads the
-    pg_stat_get_last_*_time(oid) functions instead of joining pg_stat_all_tables, a view
-    that aggregates statistics for every relation of the database."""
-
-    def __init__(self):
-        from exporter import catalog
-
-        self.catalog = catalog
-        self.original_sql = catalog._TABLES_SQL
-        self.patched_sql = self.original_sql.replace(_STATS_JOIN, "").replace(_STATS_COLUMNS, _STATS_FUNCTIONS)
-        # The statistics change only where the code still joins the view; the memo always.
-        self.stats_change = self.patched_sql != self.original_sql and _STATS_COLUMNS in self.original_sql
-        if not self.stats_change:
-            self.patched_sql = self.original_sql
-        self.usable = True
-        self.original = catalog.find_tables
-        self.memo: dict = {}
-        self.patched_modules: list = []
-
-    def _find_tables(self, conn, names):
-        key = (id(conn), tuple(names))
-        if key not in self.memo:
-            self.memo[key] = self.original(conn, names)
-        return self.memo[key]
-
-    def __enter__(self) -> "CatalogWhatIf":
-        import sys
-
-        self.catalog._TABLES_SQL = self.patched_sql
-        for name, module in list(sys.modules.items()):
-            if name.startswith("exporter") and getattr(module, "find_tables", None) is self.original:
-                module.find_tables = self._find_tables
-                self.patched_modules.append(module)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.catalog._TABLES_SQL = self.original_sql
-        for module in self.patched_modules:
-            module.find_tables = self.original
-        self.memo.clear()
-
-
 def config_load(config) -> dict[str, float]:
     import yaml
 
@@ -132,7 +79,6 @@ def main() -> None:
     }).start()
     cluster.execute("CREATE EXTENSION pg_stat_statements")
     results = []
-    whatif_stats = False
     try:
         for size in sizes:
             db = f"schema_{size}"
@@ -170,20 +116,6 @@ def main() -> None:
                 for check in result.checks:
                     per_check.setdefault(check.name, []).append(check.duration_seconds or 0.0)
                 outcomes = {c.name: c.outcome for c in result.checks}
-            # What-if: the catalog change proposed in the notes (this process only).
-            whatif_walls, whatif_counts = [], []
-            whatif = CatalogWhatIf()
-            whatif_stats = whatif.stats_change
-            if whatif.usable:
-                with whatif:
-                    for _ in range(runs):
-                        whatif.memo.clear()
-                        cluster.execute("SELECT pg_stat_statements_reset()")
-                        t = time.monotonic()
-                        patched = verify_target(target)
-                        whatif_walls.append(time.monotonic() - t)
-                        whatif_counts.append(statements(cluster, db)[0])
-                assert patched.status == result.status, (patched.status, result.status)
             loading = config_load(config)
             # The CLI, process start and imports included, as cron would run it.
             t = time.monotonic()
@@ -198,7 +130,7 @@ def main() -> None:
                 "checks": {k: median(v) for k, v in per_check.items()}, "cli_wall": cli_wall,
                 "cli_exit": cli.returncode, "not_passed": not_passed, "status": result.status,
                 "slowest": [(round(ms, 1), q[:100]) for _, q, ms in slowest],
-                "whatif_walls": whatif_walls, "whatif_statements": whatif_counts, "config_load": loading,
+                "config_load": loading,
             })
             print(f"  wall {', '.join(f'{w:.3f}' for w in walls)} s; statements {counts}; {dict(kinds)}; "
                   f"CLI {cli_wall:.2f} s exit {cli.returncode}; not passed: {not_passed}", flush=True)
@@ -231,17 +163,6 @@ def main() -> None:
         if r["not_passed"]:
             report.say(f"- {r['tables']:,} tables: checks not passing: {json.dumps(r['not_passed'])}")
     report.say()
-    if results[-1]["whatif_walls"]:
-        what = "find_tables answers the same names once per run instead of once per check (6 checks ask)"
-        if whatif_stats:
-            what += (", and its query calls pg_stat_get_last_{vacuum,autovacuum,analyze,autoanalyze}_time(c.oid) "
-                     "instead of joining pg_stat_all_tables")
-        report.say(f"What-if (not what pgbv ships; the change proposed in the notes, patched into this process only): "
-                   f"{what}.")
-        report.say()
-        report.table(["tables", "wall now (median)", "wall with the change (median)", "statements / run with the change"],
-                     [[f"{r['tables']:,}", f"{r['wall']:.3f} s", f"{median(r['whatif_walls']):.3f} s",
-                       " / ".join(str(c) for c in r["whatif_statements"])] for r in results])
     report.say("Loading the configuration (every table named in 4 lists), in this process: "
                + "; ".join(f"{r['tables']:,} tables: " + ", ".join(f"{k} {v:.3f} s" for k, v in r["config_load"].items())
                            for r in results) + ".")
@@ -257,9 +178,6 @@ def main() -> None:
                   ", ".join(f"{r['tables']:,}: {r['statements'][0]}" for r in results), flat)
     big = results[-1]
     note = "" if big["tables"] >= 10_000 else "quick run: not 10,000 tables. "
-    if big["whatif_walls"]:
-        note += (f"with find_tables once per run{' and the statistics functions' if whatif_stats else ''} "
-                 f"(what-if): {median(big['whatif_walls']):.2f} s")
     report.target(f"{big['tables']:,} tables verified", "< 2 s", f"{big['wall']:.2f} s (CLI {big['cli_wall']:.2f} s)",
                   big["wall"] < 2.0 and big["tables"] >= 10_000 or (args.quick and big["wall"] < 2.0), note)
     report.data = {"results": results}
