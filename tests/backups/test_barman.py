@@ -13,7 +13,7 @@ import pytest
 from exporter.backups import BarmanBackupSource, source_for
 from exporter.backups.base import BackupSourceError, NoBackupFound
 from exporter.config import BarmanBackup
-from tests.backups.test_command import FIXTURES, StandIn, public_folder, runuser_wrapper, wait_dead
+from tests.backups.test_command import FIXTURES, StandIn, runuser_wrapper, wait_dead
 
 LIST = FIXTURES / "barman-list-backups.json"
 SHOW = FIXTURES / "barman-show-backup.json"
@@ -21,17 +21,6 @@ SHOW_NO_WALS = FIXTURES / "barman-show-backup-no-wals.json"
 SHOW_UNKNOWN = FIXTURES / "barman-show-backup-unknown.json"
 NEWEST = "20261127T174138"
 OLDER = "20261127T173753"
-
-
-@pytest.fixture
-def standin(tmp_path) -> StandIn:
-    return StandIn(tmp_path)
-
-
-@pytest.fixture
-def public_dir():
-    with public_folder() as folder:
-        yield folder
 
 
 def barman(binary, timeout: float = 10, config_file: Path | None = None, server: str = "pg15") -> BarmanBackupSource:

@@ -121,11 +121,6 @@ def runuser_wrapper(folder: Path, name: str, target: Path, user: str = "nobody")
 # --- the command source ----------------------------------------------------------------
 
 
-@pytest.fixture
-def standin(tmp_path) -> StandIn:
-    return StandIn(tmp_path)
-
-
 def source(command: list[str], timeout: float = 10, env: dict[str, str] | None = None) -> CommandBackupSource:
     return CommandBackupSource(CommandBackup(source="command", command=command, timeout_seconds=timeout, env=env or {}))
 

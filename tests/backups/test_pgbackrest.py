@@ -22,7 +22,7 @@ from exporter.config import PgBackRestBackup, load_settings
 from exporter.result import BackupInfo
 from tests.pgcluster import Cluster
 
-from tests.backups.test_command import FIXTURES  # noqa: E402 - the byte-exact copies in tests/fixtures
+from tests.backups.test_command import FIXTURES, wait_dead  # noqa: E402 - the byte-exact copies in tests/fixtures
 PG15_BIN = Path(os.environ.get("PGBV_PGBACKREST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PGBACKREST = shutil.which("pgbackrest")
 
@@ -153,14 +153,6 @@ def stand_in(tmp_path: Path, stdout: str = "", stderr: str = "", exit_code: int 
 
 def args_of(tmp_path: Path) -> list[str]:
     return (tmp_path / "args").read_text().splitlines()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 # --- the fixtures' traps, through a stand-in ------------------------------------------------
@@ -423,10 +415,7 @@ def test_a_tool_that_runs_over_is_killed_with_its_children(tmp_path):
     assert time.monotonic() - started < 5
     assert "timed out after 0.5 s" in str(caught.value)
     child = int((tmp_path / "child").read_text())
-    deadline = time.monotonic() + 2
-    while time.monotonic() < deadline and _alive(child):
-        time.sleep(0.02)
-    assert not _alive(child), "the tool's child survived the timeout"
+    assert wait_dead(child, 2), "the tool's child survived the timeout"
 
 
 def test_verify_runs_under_the_timeout_too(tmp_path):
@@ -482,10 +471,7 @@ def test_a_wrapper_running_over_is_killed_with_the_tool_it_started(tmp_path):
         with pytest.raises(BackupSourceError, match=r"pgbackrest-as-postgres timed out after 0.5 s"):
             PgBackRestSource(config(wrapper, timeout_seconds=0.5)).latest()
         tool = int((shared / "pid").read_text())
-        deadline = time.monotonic() + 2
-        while time.monotonic() < deadline and _alive(tool):
-            time.sleep(0.02)
-        assert not _alive(tool), "the program the wrapper started survived the timeout"
+        assert wait_dead(tool, 2), "the program the wrapper started survived the timeout"
     finally:
         shutil.rmtree(shared, ignore_errors=True)
 

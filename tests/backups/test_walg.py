@@ -13,7 +13,7 @@ from exporter.backups import WalgBackupSource, source_for
 from exporter.backups.base import BackupSourceError, BackupUnreadable, NoBackupFound
 from exporter.config import WalgBackup
 from exporter.redact import MASK
-from tests.backups.test_command import FIXTURES, StandIn, public_folder, runuser_wrapper, wait_dead
+from tests.backups.test_command import FIXTURES, StandIn, runuser_wrapper, wait_dead
 
 LIST = FIXTURES / "walg-backup-list-detail.json"
 LIST_PRETTY = FIXTURES / "walg-backup-list-detail-pretty.json"
@@ -22,17 +22,6 @@ VERIFY_FAILURE = FIXTURES / "walg-wal-verify-failure.json"
 NEWEST = "base_0000000100000032000000A1_D_0000000100000031000000D4"
 SECOND = "base_0000000100000031000000D4"
 NO_BACKUPS_LOG = "INFO: 2026/03/09 02:00:00.000000 No backups found"
-
-
-@pytest.fixture
-def standin(tmp_path) -> StandIn:
-    return StandIn(tmp_path)
-
-
-@pytest.fixture
-def public_dir():
-    with public_folder() as folder:
-        yield folder
 
 
 def walg(binary, timeout: float = 10, env: dict[str, str] | None = None, wal_verify: bool = False) -> WalgBackupSource:
