@@ -355,7 +355,12 @@ class ScheduleConfig(_Strict):
     interval_minutes: int | None = Field(None, ge=1, description="When set, runs every N minutes instead of daily_at.")
     run_on_start: bool = Field(True, description="Also run at start when the last run is older than one period.")
     refresh_seconds: float = Field(30, gt=0, description="How often the metrics snapshot is re-read from the log table.")
-    max_concurrent_targets: int = Field(4, ge=1, description="Targets verified at the same time.")
+    max_concurrent_targets: int = Field(
+        4, ge=1,
+        description="Targets verified at the same time. A run holds one session on its target (and one on the log "
+        "database with log_dsn) and the refresh thread one more: at most this + 1 sessions per server, plus a "
+        "restore drill's own (docs/daemon.md).",
+    )
 
     @field_validator("daily_at")
     @classmethod

@@ -1,11 +1,20 @@
 """`pgbv run`: verifies on schedule, serves /metrics, and stays up through faults.
 
 Threads: the main thread runs the scheduler loop; one thread refreshes the
-snapshot (and flushes the spool) every refresh_seconds; each target's run is a
-daemon thread, at most max_concurrent_targets at a time; the HTTP server has its
-own. SIGTERM or SIGINT sets one event that every loop waits on, so the process
-stops within a second or two; a run cut short leaves no row (each insert is
-one atomic statement).
+snapshot (and flushes the spool, and runs the daily cleanup) every
+refresh_seconds; each target's run is a daemon thread, at most
+max_concurrent_targets at a time; the HTTP server has its own. SIGTERM or SIGINT
+sets one event that every loop waits on, so the process stops within a second
+or two; a run cut short leaves no row (each insert is one atomic statement).
+
+Sessions, per server: a run holds one. Without log_dsn the log table lives in
+the target, and the run's read-only check session takes the run lock, asks
+whether this period is done, runs the checks, writes the row in one READ WRITE
+transaction and reads the target's new picture for the snapshot. With log_dsn
+the run holds one session on the log database for all of that and one check
+session on the target. The refresh thread uses one session at a time. So at
+most max_concurrent_targets + 1 sessions per server, plus a restore drill's own
+(docs/daemon.md).
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import signal
 import threading
 import time
 from dataclasses import replace
+from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
 from typing import Callable
 
@@ -24,12 +34,12 @@ import schedule
 
 from exporter import record, snapshot
 from exporter.config import Settings, TargetConfig
-from exporter.db import TargetUnreachable, connect, first_line
+from exporter.db import TargetUnreachable, close, connect, first_line, writable
 from exporter.logs import run_line, setup_logging
 from exporter.redact import scrub
 from exporter.result import RunResult
 from exporter.spool import Spool, SpoolError
-from exporter.verify import verify_target
+from exporter.verify import unreachable_result, verify_target, write
 
 log = logging.getLogger("pgbv.daemon")
 
@@ -55,6 +65,13 @@ class Daemon:
         self.stop_event = threading.Event()
         self.scheduler = schedule.Scheduler()
         self._snapshot = snapshot.empty(settings)
+        # Pictures are replaced from run threads and the refresh thread: under this
+        # lock, and only by a picture read later than the one in place.
+        self._snapshot_lock = threading.Lock()
+        self._read_at: dict[str, float] = {}  # target -> time.monotonic() its picture's read began
+        self._dirty: set[str] = set()  # targets the refresh thread re-reads at once
+        self._dirty_lock = threading.Lock()
+        self._cleanup_due = threading.Event()
         self._slots = threading.BoundedSemaphore(settings.schedule.max_concurrent_targets)
         self._running: set[str] = set()
         self._running_lock = threading.Lock()
@@ -80,7 +97,7 @@ class Daemon:
             self.scheduler.every(sched.interval_minutes).minutes.do(self.run_all, reason="schedule")
         else:
             self.scheduler.every().day.at(sched.daily_at, "UTC").do(self.run_all, reason="schedule")
-        self.scheduler.every(24).hours.do(self.cleanup)
+        self.scheduler.every(24).hours.do(self.request_cleanup)
 
     def next_run_timestamp(self) -> float | None:
         idle = self.scheduler.idle_seconds
@@ -121,63 +138,90 @@ class Daemon:
         except Exception as exc:  # noqa: BLE001 - a failing job is logged; the loop goes on
             log.error("target %s: run failed: %s", target.name, scrub(f"{type(exc).__name__}: {exc}", self._secrets),
                       extra={"target": target.name})
+            self._mark_dirty(target.name)
         finally:
             with self._running_lock:
                 self._running.discard(target.name)
-            self._refresh_now.set()
 
     # --- one run ------------------------------------------------------------------------
 
     def run_target(self, target: TargetConfig, reason: str = "schedule") -> RunResult | None:
-        """Verify one target, as one writer among replicas; returns None when skipped."""
-        lock_conn = None
+        """Verify one target, as one writer among replicas; returns None when skipped.
+
+        One session per server. The run's session on the log database (read-only,
+        as connect opens it) takes the run lock and reads whether this period is
+        done; without log_dsn it is the target's check session too, so the checks
+        run on it; the row is written on it in one READ WRITE transaction, and the
+        target's new picture is read on it. Closing it releases the lock.
+        """
+        started = time.monotonic()
+        verified_at = datetime.now(timezone.utc)
         try:
-            lock_conn = connect(target, log=True, read_only=False, autocommit=True)
+            session = connect(target, log=True)
         except TargetUnreachable as exc:
             # No log database: nobody can coordinate. Verify anyway; the row goes to the spool.
             log.warning("%s; verifying without the replica lock", exc, extra={"target": target.name})
+            if target.log_dsn is None:
+                # The log database is the target: no second connect (and timeout) to the same server.
+                result = unreachable_result(target, exc.reason, verified_at, started)
+            else:
+                result = verify_target(target, record_result=False)
+            return self._finish(target, result, reason, None)
         try:
-            if lock_conn is not None:
-                got = lock_conn.execute("SELECT pg_try_advisory_lock(%s)", [advisory_key(target.name)]).fetchone()[0]
-                if not got:
-                    log.info("target %s: another replica holds the run lock; skipped", target.name,
-                             extra={"target": target.name, "skipped": "locked"})
-                    return None
-                if reason == "schedule" and self._already_ran(lock_conn, target):
-                    log.info("target %s: already verified in this period (by another replica); skipped", target.name,
-                             extra={"target": target.name, "skipped": "done"})
-                    return None
-            result = verify_target(target, record_result=False)
-            result.facts["trigger"] = reason
-            self._write(target, result, lock_conn)
-            message, extra = run_line(result)
-            (log.info if result.status == "success" else log.warning)(message, extra=extra)
-            return result
+            with session.transaction():
+                got = session.execute("SELECT pg_try_advisory_lock(%s)", [advisory_key(target.name)]).fetchone()[0]
+            if not got:
+                log.info("target %s: another replica holds the run lock; skipped", target.name,
+                         extra={"target": target.name, "skipped": "locked"})
+                return None
+            if reason == "schedule" and self._already_ran(session, target):
+                log.info("target %s: already verified in this period (by another replica); skipped", target.name,
+                         extra={"target": target.name, "skipped": "done"})
+                self._read_picture_on(session, target, None)
+                return None
+            if target.log_dsn is None:
+                result = verify_target(target, record_result=False, conn=session)
+            else:
+                result = verify_target(target, record_result=False, log_conn=session)
+            return self._finish(target, result, reason, session)
         finally:
-            if lock_conn is not None:
-                try:
-                    lock_conn.close()  # ends the session, which releases the advisory lock
-                except psycopg.Error:
-                    pass
+            close(session)  # ends the session, which releases the advisory lock
+
+    def _finish(self, target: TargetConfig, result: RunResult, reason: str, session: psycopg.Connection | None) -> RunResult:
+        result.facts["trigger"] = reason
+        written = self._write(target, result, session)
+        message, extra = run_line(result)
+        (log.info if result.status == "success" else log.warning)(message, extra=extra)
+        if written:
+            # This target's picture, on the run's own session: no other connection, no other target re-read.
+            if self._spool_pending(target.name):
+                self._flush(target, session)
+            self._read_picture_on(session, target, result.unreachable is None)
+        else:
+            self._mark_dirty(target.name)  # the refresh thread writes the spooled row and re-reads
+        return result
 
     def _already_ran(self, conn: psycopg.Connection, target: TargetConfig) -> bool:
         try:
-            row = conn.execute(
-                "SELECT 1 FROM backup_verification_log"
-                " WHERE verified_at >= %(since)s"
-                "   AND verification_details->>'target' = %(target)s"
-                "   AND verification_details->>'trigger' = %(trigger)s LIMIT 1",
-                {"since": self.period_start(datetime.now(timezone.utc)), "target": target.name, "trigger": TRIGGER_SCHEDULE},
-            ).fetchone()
+            with conn.transaction():
+                row = conn.execute(
+                    "SELECT 1 FROM backup_verification_log"
+                    " WHERE verified_at >= %(since)s"
+                    f"   AND {record.TARGET_OF} = %(target)s"
+                    "   AND verification_details->>'trigger' = %(trigger)s LIMIT 1",
+                    {"since": self.period_start(datetime.now(timezone.utc)), "target": target.name,
+                     "trigger": TRIGGER_SCHEDULE},
+                ).fetchone()
         except psycopg.Error:
             return False
         return row is not None
 
-    def _write(self, target: TargetConfig, result: RunResult, conn: psycopg.Connection | None) -> None:
+    def _write(self, target: TargetConfig, result: RunResult, conn: psycopg.Connection | None) -> bool:
+        """Write the row on the run's session, else spool it; True when it is in the table."""
         if conn is not None and not conn.closed:
             try:
-                result.id = record.insert(conn, result)
-                return
+                write(conn, result)
+                return True
             except psycopg.Error as exc:
                 reason = first_line(exc)
         else:
@@ -189,22 +233,75 @@ class Daemon:
         except SpoolError as exc:
             log.error("target %s: result LOST: could not write it (%s) nor spool it (%s)",
                       target.name, reason, exc, extra={"target": target.name})
+        return False
 
     # --- refresh ------------------------------------------------------------------------
 
     def refresh(self) -> snapshot.Snapshot:
-        """Rebuild the snapshot from every target's log database; flush spooled rows."""
+        """The full pass: rebuild every target's picture from its log database; flush spooled rows."""
+        with self._dirty_lock:
+            self._dirty.clear()  # read now; a run finishing during the pass marks its target again
         previous = {t.name: t for t in self._snapshot.targets}
         pictures = []
         for target in self.settings.targets:
-            pictures.append(self._refresh_target(target, previous.get(target.name) or snapshot.configured(target)))
-        self._snapshot = snapshot.Snapshot(
-            targets=tuple(pictures),
-            schedule_interval_seconds=self.period,
-            next_run_timestamp=self.next_run_timestamp(),
-            spool_rows=self._spool_pending(),
-        )
-        return self._snapshot
+            read_at = time.monotonic()
+            pictures.append((read_at, self._refresh_target(target, previous.get(target.name) or snapshot.configured(target))))
+        return self._publish(pictures)
+
+    def refresh_targets(self, names: Iterable[str]) -> snapshot.Snapshot:
+        """Re-read only these targets' pictures; the others stay as they are."""
+        wanted = set(names)
+        previous = {t.name: t for t in self._snapshot.targets}
+        pictures = []
+        for target in self.settings.targets:
+            if target.name in wanted:
+                read_at = time.monotonic()
+                pictures.append((read_at, self._refresh_target(target, previous.get(target.name) or snapshot.configured(target))))
+        return self._publish(pictures)
+
+    def _publish(self, pictures: Iterable[tuple[float, snapshot.TargetSnapshot]]) -> snapshot.Snapshot:
+        """Put pictures into a new snapshot. A picture replaces the one in place only
+        when its read began later: a slow full pass must not undo a run's newer one."""
+        spool_rows = self._spool_pending()
+        next_run = self.next_run_timestamp()
+        with self._snapshot_lock:
+            current = {t.name: t for t in self._snapshot.targets}
+            for read_at, picture in pictures:
+                if read_at >= self._read_at.get(picture.name, float("-inf")):
+                    current[picture.name] = picture
+                    self._read_at[picture.name] = read_at
+            self._snapshot = snapshot.Snapshot(
+                targets=tuple(current.get(t.name) or snapshot.configured(t) for t in self.settings.targets),
+                schedule_interval_seconds=self.period,
+                next_run_timestamp=next_run,
+                spool_rows=spool_rows,
+            )
+            return self._snapshot
+
+    def _read_picture_on(self, conn: psycopg.Connection, target: TargetConfig, up: bool | None) -> None:
+        """Read the target's picture on a run's open session and publish it; up=None keeps
+        the known up (the session is not on the target)."""
+        if up is None:
+            up = target.log_dsn is None or next((t.up for t in self._snapshot.targets if t.name == target.name), False)
+        read_at = time.monotonic()
+        try:
+            with conn.transaction():
+                picture = snapshot.read_target(conn, target, up)
+        except psycopg.Error as exc:
+            log.debug("target %s: snapshot not refreshed after the run: %s", target.name, exc)
+            self._mark_dirty(target.name)
+            return
+        self._publish([(read_at, picture)])
+
+    def _mark_dirty(self, name: str) -> None:
+        with self._dirty_lock:
+            self._dirty.add(name)
+        self._refresh_now.set()
+
+    def _take_dirty(self) -> set[str]:
+        with self._dirty_lock:
+            names, self._dirty = self._dirty, set()
+        return names
 
     def _spool_pending(self, target: str | None = None) -> int:
         # An unreadable spool must not stop the refresh: it is logged and shown as empty.
@@ -214,49 +311,94 @@ class Daemon:
             log.error("cannot read the spool: %s", exc)
             return 0
 
-    def _target_up(self, target: TargetConfig) -> bool:
-        try:
-            with connect(target, autocommit=True) as conn:
-                standby = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
-        except (TargetUnreachable, psycopg.Error):
-            return False
+    def _warn_standby(self, target: TargetConfig, standby: bool) -> None:
         if standby and not target.log_dsn and target.name not in self._standby_warned:
             self._standby_warned.add(target.name)
             log.error("target %s is a hot standby: pgbv cannot take its run lock or write its log there; "
                       "set log_dsn to a primary or a central database", target.name, extra={"target": target.name})
+
+    def _target_up(self, target: TargetConfig) -> bool:
+        """Probe the target on a session of its own (log_dsn set: the log is elsewhere)."""
+        conn = None
+        try:
+            conn = connect(target, autocommit=True)
+            standby = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        except (TargetUnreachable, psycopg.Error):
+            return False
+        finally:
+            close(conn)
+        self._warn_standby(target, standby)
         return True
 
     def _refresh_target(self, target: TargetConfig, before: snapshot.TargetSnapshot) -> snapshot.TargetSnapshot:
-        up = self._target_up(target)
-        if target.log_dsn is None and not up:
-            return replace(before, up=False)
+        """The target's picture, on one session per server: without log_dsn, one session
+        on the target probes it, flushes its spooled rows and reads its log."""
+        shared = target.log_dsn is None
+        up = True if shared else self._target_up(target)
+        conn = None
         try:
-            with connect(target, log=True, autocommit=True) as conn:
-                if self._spool_pending(target.name):
-                    self._flush(target)
-                return snapshot.read_target(conn, target, up)
-        except (TargetUnreachable, psycopg.Error) as exc:
+            conn = connect(target, log=True, autocommit=True)
+            if shared:
+                try:
+                    standby = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+                except psycopg.Error:
+                    up = False
+                    raise
+                self._warn_standby(target, standby)
+            else:
+                standby = False
+            if not standby and self._spool_pending(target.name):
+                self._flush(target, conn)
+            return snapshot.read_target(conn, target, up)
+        except TargetUnreachable as exc:
+            log.debug("target %s: snapshot not refreshed: %s", target.name, exc)
+            return replace(before, up=False if shared else up)
+        except psycopg.Error as exc:
             log.debug("target %s: snapshot not refreshed: %s", target.name, exc)
             return replace(before, up=up)
+        finally:
+            close(conn)
 
-    def _flush(self, target: TargetConfig) -> None:
+    def _flush(self, target: TargetConfig, conn: psycopg.Connection) -> None:
+        """Write the target's spooled rows on an open session of its log database (in one
+        READ WRITE transaction: the session is read-only otherwise)."""
         try:
-            with connect(target, log=True, read_only=False, autocommit=False) as conn:
+            with writable(conn):
                 written = self.spool.flush(target.name, conn)
             if written:
                 log.info("target %s: wrote %d spooled result(s)", target.name, written, extra={"target": target.name})
-        except (TargetUnreachable, psycopg.Error, SpoolError) as exc:
+        except (psycopg.Error, SpoolError) as exc:
             log.warning("target %s: spooled results not written yet: %s", target.name,
                         scrub(str(exc), self._secrets), extra={"target": target.name})
 
     def _refresh_loop(self) -> None:
+        """Full passes every refresh_seconds; in between, the targets marked (a run that
+        could not read its own picture, a spooled row) at once; the daily cleanup."""
+        every = self.settings.schedule.refresh_seconds
+        next_full = time.monotonic() + every  # start() has just done one
         while not self.stop_event.is_set():
+            self._refresh_now.wait(max(0.0, next_full - time.monotonic()))
+            self._refresh_now.clear()
+            if self.stop_event.is_set():
+                break
             try:
-                self.refresh()
+                if self._cleanup_due.is_set():
+                    self._cleanup_due.clear()
+                    self.cleanup()
+                if time.monotonic() >= next_full:
+                    next_full = time.monotonic() + every
+                    self.refresh()
+                else:
+                    names = self._take_dirty()
+                    if names:
+                        self.refresh_targets(names)
             except Exception as exc:  # noqa: BLE001 - the refresher must outlive any fault
                 log.error("snapshot refresh failed: %s", scrub(f"{type(exc).__name__}: {exc}", self._secrets))
-            self._refresh_now.wait(self.settings.schedule.refresh_seconds)
-            self._refresh_now.clear()
+
+    def request_cleanup(self) -> None:
+        """The scheduler's daily job: the refresh thread runs the cleanup, on its session."""
+        self._cleanup_due.set()
+        self._refresh_now.set()
 
     def cleanup(self) -> None:
         days = self.settings.retention_days

@@ -1,10 +1,19 @@
 """Connections to targets: always a connect timeout, a statement timeout, a lock
 timeout and application_name=pgbv; check connections are read-only at the
-session level, so no check can write even by mistake."""
+session level, so no check can write even by mistake. A row is written on such
+a session only inside `writable`, one explicit READ WRITE transaction; `close`
+ends a session and waits until its server process is gone."""
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import psycopg
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from exporter.config import TargetConfig
@@ -13,6 +22,8 @@ from exporter.redact import scrub
 APPLICATION_NAME = "pgbv"
 # Short on purpose: a lock we queue for blocks every application query queued after us.
 LOCK_TIMEOUT_SECONDS = 2
+# How long close() waits for the server process of a closed session to exit.
+EXIT_WAIT_SECONDS = 1.0
 
 
 class TargetUnreachable(Exception):
@@ -92,3 +103,66 @@ def connect(
         lock_timeout_seconds=lock_timeout_seconds,
         autocommit=autocommit,
     )
+
+
+@contextmanager
+def writable(conn: psycopg.Connection) -> Iterator[psycopg.Connection]:
+    """Inside, every transaction psycopg starts on conn begins with BEGIN READ WRITE.
+
+    For writing on a session that is read-only by default (connect's
+    default_transaction_read_only=on): ``with writable(conn), conn.transaction():``
+    writes in one explicit READ WRITE transaction, and the session is read-only
+    again after it. The session's statement and lock timeouts still apply. A
+    server that cannot take writes (a hot standby) refuses the BEGIN READ WRITE.
+    conn must not be inside a conn.transaction() block; an implicit read-only
+    transaction left open is rolled back first (it holds nothing to keep).
+    """
+    if not conn.autocommit and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        conn.rollback()
+    previous = conn.read_only
+    conn.read_only = False
+    try:
+        yield conn
+    finally:
+        if not conn.closed:
+            if not conn.autocommit and conn.info.transaction_status != pq.TransactionStatus.IDLE:
+                conn.rollback()
+            conn.read_only = previous
+
+
+def close(conn: psycopg.Connection | None, wait_seconds: float = EXIT_WAIT_SECONDS) -> None:
+    """Close a session and wait, at most wait_seconds, until its server process has exited.
+
+    libpq's close sends Terminate and returns at once; the server process then
+    keeps its slot (listed in pg_stat_activity, counted against max_connections)
+    until it has exited, which takes milliseconds, more on a busy machine. A
+    session opened right after would make one more than pgbv's bound. The server
+    closes its end of the socket only when the process exits, so reading a
+    duplicate of the socket to its end tells when it is gone. Never raises.
+    """
+    if conn is None or conn.closed:
+        return
+    try:
+        fd = os.dup(conn.pgconn.socket)
+    except (psycopg.Error, OSError):
+        fd = None
+    try:
+        conn.close()
+    except psycopg.Error:
+        pass
+    if fd is None:
+        return
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        os.close(fd)
+        return
+    with sock:
+        deadline = time.monotonic() + wait_seconds
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                sock.settimeout(left)
+                if not sock.recv(4096):  # end of stream: the server process has exited
+                    break
+        except OSError:  # a timeout or a reset: nothing more to wait for
+            pass

@@ -1,9 +1,17 @@
 """One verification run for one target: ask the backup source, run every check
-that has something configured, record the verdict in backup_verification_log."""
+that has something configured, record the verdict in backup_verification_log.
+
+Sessions: one per server. The check session on the target is read-only
+(default_transaction_read_only); when the log table lives in the target (no
+log_dsn) the same session reads the previous run and writes the row, in one
+explicit READ WRITE transaction (db.writable). With log_dsn, one read-only
+session on the log database does the log's part, the insert included.
+"""
 
 from __future__ import annotations
 
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 
@@ -15,7 +23,7 @@ from exporter.checks import all_checks
 from exporter.checks.base import CheckContext
 from exporter.checks.runner import run_check
 from exporter.config import Settings, TargetConfig
-from exporter.db import TargetUnreachable, connect, first_line
+from exporter.db import TargetUnreachable, close, connect, first_line, writable
 from exporter.redact import scrub
 from exporter.result import CheckResult, RunResult
 
@@ -65,6 +73,14 @@ def _lift_facts(result: RunResult) -> None:
         result.facts["restore"] = {**drill.data.get("restore", {}), "outcome": drill.outcome, "message": drill.message}
 
 
+def unreachable_result(target: TargetConfig, reason: str, verified_at: datetime, started: float) -> RunResult:
+    """The run of a target that could not be reached (recorded as a failure)."""
+    result = RunResult(target.name, verified_at)
+    result.unreachable = reason
+    result.duration_seconds = time.monotonic() - started
+    return result
+
+
 def verify_target(
     target: TargetConfig,
     *,
@@ -72,67 +88,109 @@ def verify_target(
     now: datetime | None = None,
     drill: bool | None = None,
     keep: bool = False,
+    conn: psycopg.Connection | None = None,
+    log_conn: psycopg.Connection | None = None,
 ) -> RunResult:
-    """One run. drill=None drills when one is due, True forces one, False never drills."""
-    started = time.monotonic()
-    result = RunResult(target.name, now or datetime.now(timezone.utc))
-    source = source_for(target.backup)
-    try:
-        conn = connect(target)
-    except TargetUnreachable as exc:
-        result.unreachable = exc.reason
-        result.duration_seconds = time.monotonic() - started
-        if record_result and target.log_dsn:
-            _record(target, result)
-        return result
+    """One run. drill=None drills when one is due, True forces one, False never drills.
 
-    with conn:
-        log_conn = conn
-        log_problem = None
-        if target.log_dsn:
-            try:
-                log_conn = connect(target, log=True)
-            except TargetUnreachable as exc:
-                log_conn, log_problem = None, str(exc)
+    conn: an open check session on the target (as `connect(target)` opens it:
+    read-only, not autocommit) to run on instead of opening one; log_conn: the
+    same for the log database when log_dsn is set. Sessions passed in are left
+    open (the caller's to close; the daemon holds its run lock on one); sessions
+    opened here are closed here. Without log_dsn, the check session is the log
+    session too, and the row is written on it.
+    """
+    started = time.monotonic()
+    verified_at = now or datetime.now(timezone.utc)
+    source = source_for(target.backup)
+    own_conn = conn is None
+    if own_conn:
         try:
-            previous = _read_previous(log_conn, target) if log_conn is not None else None
-            result.backup = source.lookup() if source is not None else None
-            result.facts["server_version_num"] = conn.info.server_version
-            result.facts["database_size_bytes"] = _database_size(conn)
-            if drill is None:
-                drill = _drill_due(log_conn, target, result.verified_at)
-            ctx = CheckContext(
-                target=target, conn=conn, log_conn=log_conn, backup=result.backup,
-                previous=previous, now=result.verified_at, drill=bool(drill), keep=keep,
-            )
-            for check in all_checks():
-                if not check.applies(target) or (check.on_demand and not ctx.drill):
-                    continue
-                if check.uses_log_db and log_conn is None:
-                    result.checks.append(CheckResult(check.name, "error", log_problem or "no log database"))
-                    continue
-                result.checks.append(run_check(check, ctx))
-        finally:
-            if log_conn is not None and log_conn is not conn:
-                log_conn.close()
-    _lift_facts(result)
-    result.duration_seconds = time.monotonic() - started
-    if record_result:
-        _record(target, result)
+            conn = connect(target)
+        except TargetUnreachable as exc:
+            result = unreachable_result(target, exc.reason, verified_at, started)
+            if record_result and target.log_dsn:
+                _record(target, result, log_conn)
+            return result
+    result = RunResult(target.name, verified_at)
+    own_log = False
+    log_problem = None
+    if target.log_dsn is None:
+        log_conn = conn
+    elif log_conn is None:
+        try:
+            log_conn = connect(target, log=True)
+            own_log = True
+        except TargetUnreachable as exc:
+            log_problem = str(exc)
+    try:
+        previous = _read_previous(log_conn, target) if log_conn is not None else None
+        result.backup = source.lookup() if source is not None else None
+        result.facts["server_version_num"] = conn.info.server_version
+        result.facts["database_size_bytes"] = _database_size(conn)
+        if drill is None:
+            drill = _drill_due(log_conn, target, result.verified_at)
+        ctx = CheckContext(
+            target=target, conn=conn, log_conn=log_conn, backup=result.backup,
+            previous=previous, now=result.verified_at, drill=bool(drill), keep=keep,
+        )
+        for check in all_checks():
+            if not check.applies(target) or (check.on_demand and not ctx.drill):
+                continue
+            if check.uses_log_db and log_conn is None:
+                result.checks.append(CheckResult(check.name, "error", log_problem or "no log database"))
+                continue
+            result.checks.append(run_check(check, ctx))
+        _lift_facts(result)
+        result.duration_seconds = time.monotonic() - started
+        if record_result:
+            _record(target, result, log_conn)
+    finally:
+        if own_log:
+            close(log_conn)
+        if own_conn:
+            close(conn)
     return result
 
 
-def _record(target: TargetConfig, result: RunResult) -> None:
+def write(conn: psycopg.Connection, result: RunResult) -> uuid.UUID:
+    """Insert the run's row on an open session of the log database, in one explicit
+    READ WRITE transaction: the session may be read-only by default (the check
+    session); it is read-only again afterwards. Returns the row's id."""
+    with writable(conn), conn.transaction():
+        return record.insert(conn, result)
+
+
+def _record_problem(target: TargetConfig, exc: psycopg.Error) -> str:
+    message = first_line(exc)
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        message += " (run `pgbv migrate` first)"
+    return scrub(f"target {target.name}: could not record the result: {message}", target.secrets())
+
+
+def _record(target: TargetConfig, result: RunResult, conn: psycopg.Connection | None = None) -> None:
+    """Write the row on conn, the run's session on the log database, when it is
+    still there; else (the session was lost, or the log database was unreachable
+    when the run began) on a new session. The id makes a replay harmless."""
+    if conn is not None and not conn.closed:
+        try:
+            result.id = write(conn, result)
+            return
+        except psycopg.Error as exc:
+            if not conn.closed:  # the database refused the row: a new session would be refused too
+                result.record_error = _record_problem(target, exc)
+                return
     try:
-        with connect(target, log=True, read_only=False, autocommit=True) as conn:
-            result.id = record.insert(conn, result)
+        fresh = connect(target, log=True, read_only=False, autocommit=True)
     except TargetUnreachable as exc:
         result.record_error = str(exc)
+        return
+    try:
+        result.id = record.insert(fresh, result)
     except psycopg.Error as exc:
-        message = first_line(exc)
-        if isinstance(exc, psycopg.errors.UndefinedTable):
-            message += " (run `pgbv migrate` first)"
-        result.record_error = scrub(f"target {target.name}: could not record the result: {message}", target.secrets())
+        result.record_error = _record_problem(target, exc)
+    finally:
+        close(fresh)
 
 
 def verify_all(

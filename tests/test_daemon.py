@@ -12,17 +12,19 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg.conninfo import conninfo_to_dict
 
 from exporter.config import Settings
-from exporter.daemon import Daemon
+from exporter.daemon import Daemon, advisory_key
 from exporter.migrate import migrate
-from tests.conftest import make_target
+from tests.conftest import execute, make_target
 from tests.pgcluster import Cluster
 
 
@@ -233,3 +235,281 @@ def test_promtool_accepts_a_real_scrape(demo_db, tmp_path):
         daemon.terminate()
     lint = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30)
     assert lint.returncode == 0 and lint.stdout + lint.stderr == b"", lint.stdout + lint.stderr
+
+
+# --- sessions: one per run per server, c + 1 for the fleet --------------------------------
+
+
+class SessionSampler:
+    """pgbv's sessions (application_name = pgbv, as db.connect sets it) on some databases,
+    from pg_stat_activity every 2 ms: the peak in all and per database."""
+
+    def __init__(self, admin_dsn: str, dbnames: list[str]):
+        self.admin_dsn = admin_dsn
+        self.dbnames = dbnames
+        self.peak = 0
+        self.peak_per_db: dict[str, int] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        with psycopg.connect(self.admin_dsn, autocommit=True, application_name="pgbv-test-sampler") as conn:
+            self._ready.set()
+            while not self._stop.is_set():
+                rows = conn.execute("SELECT datname, count(*) FROM pg_stat_activity"
+                                    " WHERE application_name = 'pgbv' AND datname = ANY(%s) GROUP BY datname",
+                                    [self.dbnames]).fetchall()
+                self.samples += 1
+                self.peak = max(self.peak, sum(n for _, n in rows))
+                for name, n in rows:
+                    self.peak_per_db[name] = max(self.peak_per_db.get(name, 0), n)
+                self._stop.wait(0.002)
+
+    def __enter__(self) -> SessionSampler:
+        self._thread.start()
+        assert self._ready.wait(30), "the sampler could not connect"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def dbname(dsn: str) -> str:
+    return conninfo_to_dict(dsn)["dbname"]
+
+
+def sessions_opened(pg_server, dsn: str) -> int:
+    """pg_stat_database.sessions of the database once no client is connected to it: a
+    backend's count is flushed before it leaves pg_stat_activity."""
+    deadline = time.monotonic() + 10
+    while True:
+        (connected, sessions), = pg_server.execute(
+            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = %(db)s AND backend_type = 'client backend'),"
+            "       sessions FROM pg_stat_database WHERE datname = %(db)s", {"db": dbname(dsn)})
+        if connected == 0:
+            return sessions
+        assert time.monotonic() < deadline, f"clients still connected to {dbname(dsn)}"
+        time.sleep(0.01)
+
+
+def daemon_for(tmp_path: Path, targets: list[dict], **schedule) -> Daemon:
+    return Daemon(Settings(
+        targets=targets,
+        schedule={"interval_minutes": 60, "refresh_seconds": 1, **schedule},
+        http={"listen": "127.0.0.1:0"},
+        spool_dir=str(tmp_path / "spool"),
+    ))
+
+
+def target_data(name: str, dsn: str, **extra) -> dict:
+    return {"name": name, "dsn": dsn, "connect_timeout_seconds": 2,
+            "checks": {"critical_tables": ["organizations"]}, **extra}
+
+
+def picture(daemon: Daemon, name: str):
+    return next(t for t in daemon.current_snapshot().targets if t.name == name)
+
+
+def count_rows(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT count(*) FROM backup_verification_log").fetchone()[0]
+
+
+@pytest.mark.parametrize("separate_log", [False, True], ids=["log in the target", "log_dsn"])
+def test_a_run_holds_one_session_per_server(make_db, pg_server, tmp_path, separate_log):
+    target_db = make_db(demo=True)
+    log_db = make_db(demo=True) if separate_log else target_db
+    extra = {"log_dsn": log_db} if separate_log else {}
+    daemon = daemon_for(tmp_path, [target_data("app", target_db, **extra)])
+    target = daemon.settings.targets[0]
+    databases = sorted({dbname(target_db), dbname(log_db)})
+    before = {db: sessions_opened(pg_server, db) for db in (target_db, log_db)}
+    with SessionSampler(pg_server.admin_dsn, databases) as sampler:
+        result = daemon.run_target(target, "schedule")
+    after = {db: sessions_opened(pg_server, db) for db in (target_db, log_db)}
+    assert result is not None and result.status == "success", result.checks
+    # The lock, the period question, the checks, the insert and the picture: one session per database.
+    assert {db: after[db] - before[db] for db in before} == {db: 1 for db in before}
+    assert sampler.samples > 0 and all(n == 1 for n in sampler.peak_per_db.values()), sampler.peak_per_db
+    assert count_rows(log_db) == 1
+    if separate_log:
+        assert count_rows(target_db) == 0
+    # The row is in the snapshot at once, read on the run's own session.
+    assert picture(daemon, "app").last_status == "success"
+    assert not daemon.spool.pending()
+
+
+def test_a_fleet_stays_within_max_concurrent_targets_plus_one(make_db, pg_server, tmp_path):
+    concurrency, count = 2, 6
+    dsns = [make_db(demo=True) for _ in range(count)]
+    # refresh_seconds this short keeps the refresh thread reading while the runs go on.
+    daemon = daemon_for(tmp_path, [target_data(f"t{i}", dsn) for i, dsn in enumerate(dsns)],
+                        max_concurrent_targets=concurrency, refresh_seconds=0.05)
+    with SessionSampler(pg_server.admin_dsn, [dbname(d) for d in dsns]) as sampler:
+        daemon.start()  # run_on_start: every log is empty, so every target is due at once
+        try:
+            deadline = time.monotonic() + 120
+            while not all(count_rows(d) == 1 for d in dsns) or daemon._running:
+                assert time.monotonic() < deadline, "the runs did not finish"
+                time.sleep(0.05)
+            time.sleep(0.3)  # a few more refresh passes
+        finally:
+            daemon.stop()
+    assert all(p.last_status == "success" for p in daemon.current_snapshot().targets)
+    print(f"peak {sampler.peak} pgbv sessions at max_concurrent_targets={concurrency} ({sampler.samples} samples)")
+    # max_concurrent_targets run sessions + the refresh thread's one (it was 2 x c + 1).
+    assert concurrency <= sampler.peak <= concurrency + 1, sampler.peak
+
+
+@pytest.mark.parametrize("separate_log", [False, True], ids=["log in the target", "log_dsn"])
+def test_the_run_lock_excludes_a_second_writer(make_db, tmp_path, separate_log):
+    target_db = make_db(demo=True)
+    log_db = make_db(demo=True) if separate_log else target_db
+    extra = {"log_dsn": log_db} if separate_log else {}
+    first = daemon_for(tmp_path / "one", [target_data("app", target_db, **extra)])
+    second = daemon_for(tmp_path / "two", [target_data("app", target_db, **extra)])
+    target = first.settings.targets[0]
+    with psycopg.connect(log_db, autocommit=True) as other:  # another replica, mid-run
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", [advisory_key("app")]).fetchone()[0]
+        assert first.run_target(target, "start") is None
+        assert count_rows(log_db) == 0
+    # A run holds the lock on its session until it ends: a second daemon racing it is skipped.
+    started = threading.Event()
+    holder = hold_lock_on_a_new_table(target_db)  # the run waits on it, its run lock held
+    slow = target_data("app", target_db, **extra, checks={"critical_tables": ["slow_table"]})
+    slow_daemon = daemon_for(tmp_path / "slow", [slow])
+    results = []
+
+    def run():
+        started.set()
+        results.append(slow_daemon.run_target(slow_daemon.settings.targets[0], "start"))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        started.wait()
+        wait_for_lock_waiter(target_db)
+        assert second.run_target(target, "start") is None
+    finally:
+        holder.rollback()
+        holder.close()
+        thread.join(60)
+    assert results and results[0] is not None
+    assert count_rows(log_db) == 1
+    assert first.run_target(target, "start") is not None  # released when the run's session closed
+    assert count_rows(log_db) == 2
+
+
+def wait_for_lock_waiter(dsn: str, timeout: float = 10) -> int:
+    """The pid of the pgbv session waiting on a lock in this database."""
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while True:
+            row = conn.execute("SELECT pid FROM pg_stat_activity WHERE application_name = 'pgbv'"
+                               " AND datname = current_database() AND wait_event_type = 'Lock'").fetchone()
+            if row:
+                return row[0]
+            assert time.monotonic() < deadline, "no pgbv session waits on the lock"
+            time.sleep(0.01)
+
+
+def hold_lock_on_a_new_table(dsn: str) -> psycopg.Connection:
+    holder = psycopg.connect(dsn)
+    holder.execute("CREATE TABLE slow_table (id int)")
+    holder.commit()
+    holder.execute("LOCK TABLE slow_table IN ACCESS EXCLUSIVE MODE")
+    return holder
+
+
+def test_a_session_lost_mid_run_spools_the_row_and_the_refresh_writes_it(demo_db, tmp_path):
+    daemon = daemon_for(tmp_path, [target_data("app", demo_db, checks={"critical_tables": ["slow_table"]})])
+    target = daemon.settings.targets[0]
+    holder = hold_lock_on_a_new_table(demo_db)
+    results = []
+    thread = threading.Thread(target=lambda: results.append(daemon.run_target(target, "start")))
+    thread.start()
+    try:
+        pid = wait_for_lock_waiter(demo_db)
+        execute(demo_db, f"SELECT pg_terminate_backend({pid})")
+    finally:
+        holder.rollback()
+        holder.close()
+        thread.join(60)
+    result = results[0]
+    assert result is not None and result.status == "failure"
+    assert any("connection lost" in c.message for c in result.checks if c.outcome == "error"), result.checks
+    # The session that was to write the row is gone: the row waits in the spool, and the
+    # refresh thread is asked to write it at once.
+    assert count_rows(demo_db) == 0 and daemon.spool.pending("app") == 1
+    assert daemon._take_dirty() == {"app"}
+    daemon.refresh_targets(["app"])
+    assert count_rows(demo_db) == 1 and daemon.spool.pending("app") == 0
+    assert picture(daemon, "app").last_status == "failure"
+    with psycopg.connect(demo_db) as conn:
+        assert conn.execute("SELECT verified_at FROM backup_verification_log").fetchone()[0] == result.verified_at
+
+
+def test_a_refused_insert_is_spooled_and_written_once_when_accepted(demo_db, tmp_path):
+    execute(demo_db,
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+            "CREATE TRIGGER refuse BEFORE INSERT ON backup_verification_log FOR EACH ROW EXECUTE FUNCTION refuse()")
+    daemon = daemon_for(tmp_path, [target_data("app", demo_db)])
+    result = daemon.run_target(daemon.settings.targets[0], "start")
+    assert result is not None and result.status == "success"
+    assert count_rows(demo_db) == 0 and daemon.spool.pending("app") == 1
+    daemon.refresh_targets(daemon._take_dirty())  # still refused: kept
+    assert daemon.spool.pending("app") == 1 and daemon.current_snapshot().spool_rows == 1
+    execute(demo_db, "DROP TRIGGER refuse ON backup_verification_log")
+    daemon.refresh_targets(["app"])
+    daemon.refresh()
+    assert count_rows(demo_db) == 1 and daemon.spool.pending("app") == 0
+    assert daemon.current_snapshot().spool_rows == 0 and picture(daemon, "app").last_status == "success"
+
+
+def test_a_run_refreshes_its_own_picture_only(make_db, pg_server, tmp_path):
+    a, b = make_db(demo=True), make_db(demo=True)
+    daemon = daemon_for(tmp_path, [target_data("a", a), target_data("b", b)])
+    daemon.refresh()
+    assert picture(daemon, "a").last_status is None and picture(daemon, "b").last_status is None
+    execute(b, "INSERT INTO backup_verification_log (verified_at, status, verification_details)"
+               " VALUES (now(), 'failure', '{\"target\": \"b\", \"trigger\": \"start\"}')")
+    before_b = sessions_opened(pg_server, b)
+    before_b_picture = picture(daemon, "b")
+    assert daemon.run_target(daemon.settings.targets[0], "start") is not None
+    assert picture(daemon, "a").last_status == "success"
+    assert picture(daemon, "b") is before_b_picture  # not re-read: b's new row is not seen yet
+    assert sessions_opened(pg_server, b) == before_b
+    # Refreshing one target takes one session on it, probe included.
+    daemon.refresh_targets(["b"])
+    assert sessions_opened(pg_server, b) == before_b + 1
+    assert picture(daemon, "b").last_status == "failure" and picture(daemon, "b").up
+    assert picture(daemon, "a").last_status == "success"
+    # A picture read earlier never replaces a later one (runs and the refresh thread both publish).
+    stale = replace(picture(daemon, "a"), last_status="warning")
+    daemon._publish([(0.0, stale)])
+    assert picture(daemon, "a").last_status == "success"
+
+
+def test_a_finished_run_shows_at_once_without_a_full_refresh(make_db, tmp_path):
+    a, b = make_db(demo=True), make_db(demo=True)
+    # b ran recently, so only a is due at start; full refreshes are an hour apart.
+    execute(b, "INSERT INTO backup_verification_log (verified_at, status, verification_details)"
+               " VALUES (now(), 'success', '{\"target\": \"b\", \"trigger\": \"start\"}')")
+    daemon = daemon_for(tmp_path, [target_data("a", a), target_data("b", b)], refresh_seconds=3600)
+    daemon.start()
+    try:
+        assert picture(daemon, "b").last_status == "success"
+        execute(b, "INSERT INTO backup_verification_log (verified_at, status, verification_details)"
+                   " VALUES (now(), 'failure', '{\"target\": \"b\", \"trigger\": \"start\"}')")
+        deadline = time.monotonic() + 60
+        while picture(daemon, "a").last_status != "success":
+            assert time.monotonic() < deadline, "a's run never showed"
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert picture(daemon, "b").last_status == "success"  # b was not re-read
+    finally:
+        daemon.stop()
+    assert count_rows(a) == 1

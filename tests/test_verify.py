@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -14,8 +15,11 @@ import psycopg
 import pytest
 import yaml
 
+from exporter.config import Settings
 from exporter.pgtools import find_tool, run_tool
-from tests.conftest import SEED_CHECKS, execute
+from exporter.verify import verify_all, verify_target
+from tests.conftest import SEED_CHECKS, execute, make_target
+from tests.test_daemon import SessionSampler, dbname, hold_lock_on_a_new_table, sessions_opened, wait_for_lock_waiter
 
 PASSWORD = "Sup3r-s3cret-pw"  # trust auth ignores it; it must still never be shown
 
@@ -209,3 +213,80 @@ def test_history_and_cleanup_commands(demo_db, backup_dir, tmp_path):
     assert len(rows) == 1 and rows[0]["status"] == "success"
     cleanup = pgbv("cleanup", "--config", str(config))
     assert cleanup.returncode == 0 and "deleted 1 rows older than 90 days" in cleanup.stdout
+
+
+# --- sessions: `pgbv verify` holds one per server ------------------------------------------
+
+
+@pytest.mark.parametrize("separate_log", [False, True], ids=["log in the target", "log_dsn"])
+def test_a_recorded_run_holds_one_session_per_server(make_db, pg_server, separate_log):
+    target_db = make_db(demo=True)
+    log_db = make_db(demo=True) if separate_log else target_db
+    target = make_target(target_db, log_dsn=log_db if separate_log else None)
+    before = {db: sessions_opened(pg_server, db) for db in (target_db, log_db)}
+    result = verify_target(target)
+    after = {db: sessions_opened(pg_server, db) for db in (target_db, log_db)}
+    assert result.record_error is None and result.id is not None
+    # The checks and the insert share the check session (log_dsn: the log session reads and writes the log).
+    assert {db: after[db] - before[db] for db in before} == {db: 1 for db in before}
+    with psycopg.connect(log_db) as conn:
+        assert conn.execute("SELECT id FROM backup_verification_log").fetchall() == [(result.id,)]
+
+
+def test_verify_all_peaks_at_max_concurrent_targets(make_db, pg_server):
+    dsns = [make_db(demo=True) for _ in range(4)]
+    before = {dsn: sessions_opened(pg_server, dsn) for dsn in dsns}
+    holders = [hold_lock_on_a_new_table(dsn) for dsn in dsns]  # every run waits on it until released
+    settings = Settings(targets=[{"name": f"t{i}", "dsn": dsn, "checks": {"critical_tables": ["slow_table"]}}
+                                 for i, dsn in enumerate(dsns)],
+                        schedule={"max_concurrent_targets": 2})
+    results = []
+    with SessionSampler(pg_server.admin_dsn, [dbname(d) for d in dsns]) as sampler:
+        thread = threading.Thread(target=lambda: results.extend(verify_all(settings, list(settings.targets))))
+        thread.start()
+        try:
+            deadline = time.monotonic() + 30
+            while sampler.peak < 2:  # both slots taken: two runs waiting on their table
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        finally:
+            for holder in holders:
+                holder.rollback()
+                holder.close()
+            thread.join(120)
+    assert len(results) == 4 and all(r.id is not None and r.record_error is None for r in results)
+    # Was max_concurrent_targets + 1: the insert's own session opened as the check session closed.
+    assert sampler.peak == 2, sampler.peak
+    # One session per run (and the test's own holder), not two.
+    assert {dsn: sessions_opened(pg_server, dsn) - before[dsn] for dsn in dsns} == {dsn: 2 for dsn in dsns}
+
+
+def test_a_check_session_lost_mid_run_is_still_recorded(demo_db):
+    target = make_target(demo_db, checks={"critical_tables": ["slow_table"]})
+    holder = hold_lock_on_a_new_table(demo_db)
+    results = []
+    thread = threading.Thread(target=lambda: results.append(verify_target(target)))
+    thread.start()
+    try:
+        execute(demo_db, f"SELECT pg_terminate_backend({wait_for_lock_waiter(demo_db)})")
+    finally:
+        holder.rollback()
+        holder.close()
+        thread.join(60)
+    result = results[0]
+    assert result.status == "failure"
+    assert any("connection lost" in c.message for c in result.checks if c.outcome == "error"), result.checks
+    # The session that was to write the row is gone: a new one writes it.
+    assert result.record_error is None
+    with psycopg.connect(demo_db) as conn:
+        assert conn.execute("SELECT id, status FROM backup_verification_log").fetchall() == [(result.id, "failure")]
+
+
+def test_a_refused_insert_is_reported(demo_db, pg_server):
+    execute(demo_db,
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+            "CREATE TRIGGER refuse BEFORE INSERT ON backup_verification_log FOR EACH ROW EXECUTE FUNCTION refuse()")
+    before = sessions_opened(pg_server, demo_db)
+    result = verify_target(make_target(demo_db))
+    assert result.record_error is not None and "refused by the test" in result.record_error
+    assert sessions_opened(pg_server, demo_db) == before + 1  # the same refusal on a new session is not tried
