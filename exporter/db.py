@@ -76,7 +76,11 @@ def connect_dsn(
     if password is not None:
         params["password"] = password
     try:
-        return psycopg.connect(make_conninfo(dsn, **params), autocommit=autocommit)
+        # prepare_threshold=None: psycopg would prepare a statement run 5 times on one
+        # session, and PostgreSQL then moves to a generic plan, blind to the target and
+        # window (30x slower for the success ratio, bench/); prepared statements also
+        # break behind a transaction-pooling pgbouncer. pgbv's statements are few.
+        return psycopg.connect(make_conninfo(dsn, **params), autocommit=autocommit, prepare_threshold=None)
     except psycopg.Error as exc:
         reason = scrub(first_line(exc), target.secrets())
         raise TargetUnreachable(target.name, reason, what) from None

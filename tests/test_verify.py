@@ -290,3 +290,30 @@ def test_a_refused_insert_is_reported(demo_db, pg_server):
     result = verify_target(make_target(demo_db))
     assert result.record_error is not None and "refused by the test" in result.record_error
     assert sessions_opened(pg_server, demo_db) == before + 1  # the same refusal on a new session is not tried
+
+
+class _RecordingCursor(psycopg.Cursor):
+    def execute(self, query, params=None, **kwargs):
+        self.connection.sent.append(query if isinstance(query, str) else str(query))
+        return super().execute(query, params, **kwargs)
+
+
+@pytest.mark.parametrize("minimum", [10, None], ids=["database_size checked", "not checked"])
+def test_the_database_size_is_measured_once_per_run(demo_db, minimum):
+    # pg_database_size() walks every file of the database: 0.1 s at 10,000 tables.
+    from exporter.db import connect
+
+    target = make_target(demo_db, checks={**SEED_CHECKS, "min_database_size_mb": minimum})
+    with connect(target) as conn:
+        conn.sent = []
+        conn.cursor_factory = _RecordingCursor
+        result = verify_target(target, record_result=False, conn=conn)
+        measured = [query for query in conn.sent if "pg_database_size" in query]
+    assert len(measured) == 1, measured
+    size = result.facts["database_size_bytes"]
+    assert isinstance(size, int) and size > 1024 * 1024
+    checked = result.check("database_size")
+    assert (checked is not None) == (minimum is not None)
+    if checked is not None:
+        assert checked.data["database_size_bytes"] == size
+    assert list(result.facts)[:2] == ["server_version_num", "database_size_bytes"]
