@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from exporter import record, snapshot
-from exporter.db import connect, writable
+from exporter.db import connect, connect_dsn, writable
 from tests.conftest import make_target
 
 
@@ -17,10 +17,12 @@ def test_a_check_session_is_read_only_with_its_timeouts(demo_db):
     with connect(target) as conn:
         settings = dict(conn.execute(
             "SELECT name, setting FROM pg_settings WHERE name IN"
-            " ('default_transaction_read_only', 'statement_timeout', 'lock_timeout', 'application_name')"
+            " ('default_transaction_read_only', 'statement_timeout', 'lock_timeout', 'application_name',"
+            "  'max_parallel_workers_per_gather')"
         ).fetchall())
         assert settings == {"default_transaction_read_only": "on", "statement_timeout": "7000",
-                            "lock_timeout": "2000", "application_name": "pgbv"}
+                            "lock_timeout": "2000", "application_name": "pgbv",
+                            "max_parallel_workers_per_gather": "0"}
         conn.rollback()
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn.execute("CREATE TEMP TABLE t (x int)")
@@ -39,3 +41,13 @@ def test_statements_are_never_prepared_on_the_server(demo_db):
             conn.execute(snapshot._RATIOS_SQL, {"target": "app", "now": "now", "since_7d": "now", "since_30d": "now"})
             conn.execute(record.newest_query(["verified_at"]), {"target": "app"})
         assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0] == 0
+
+
+def test_only_a_restored_copy_may_use_parallel_workers(demo_db):
+    # Everywhere else pgbv's small reads would draw workers from the application's pool.
+    target = make_target(demo_db)
+    query = "SELECT setting, source FROM pg_settings WHERE name = 'max_parallel_workers_per_gather'"
+    with connect(target, log=True, read_only=False, autocommit=True) as conn:
+        assert conn.execute(query).fetchone() == ("0", "client")
+    with connect_dsn(demo_db, None, target=target, what="restored copy", parallel=True) as copy:
+        assert copy.execute(query).fetchone()[1] != "client"  # the server's own setting

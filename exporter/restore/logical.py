@@ -167,7 +167,7 @@ def drill_logical(target: TargetConfig, info: BackupInfo, keep: bool = False) ->
             result.restore_seconds = time.monotonic() - restore_started
             result.items = progress.total
 
-            with connect_dsn(copy_dsn, password, target=target, what="restored copy") as copy:
+            with connect_dsn(copy_dsn, password, target=target, what="restored copy", parallel=True) as copy:
                 result.copy_checks = copy_checks(target, copy)
                 names = list(dict.fromkeys(target.checks.critical_tables))
                 result.rows = copy_counts(copy, names)

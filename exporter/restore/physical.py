@@ -177,7 +177,7 @@ def _connect_when_ready(target: TargetConfig, dsn: str, deadline: float) -> psyc
     connections"): keep trying until it is ready or the drill's time is up."""
     while True:
         try:
-            return connect_dsn(dsn, None, target=target, what="restored copy")
+            return connect_dsn(dsn, None, target=target, what="restored copy", parallel=True)
         except TargetUnreachable as exc:
             still_starting = "not accepting connections" in exc.reason or "starting up" in exc.reason
             if not still_starting or time.monotonic() > deadline:
