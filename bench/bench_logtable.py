@@ -31,6 +31,7 @@ from bench.common import SEED_CHECKS, Cluster, Report, arguments, make_demo_temp
 from exporter import record, snapshot
 from exporter.checks import log_functions, success_rate
 from exporter.config import load_settings
+from exporter.db import connect_dsn
 from exporter.verify import verify_target
 
 SIZES = (100_000, 300_000, 1_000_000)
@@ -272,13 +273,11 @@ def main() -> None:
         whatif: dict = {}
         plans: dict[str, str] = {}
         done = 0
-        conn = psycopg.connect(log_dsn, autocommit=True)
-        # pgbv opens a connection per target and per run, so no statement of its runs often
-        # enough on one connection for psycopg to prepare it (5 times) and for PostgreSQL to
-        # switch to a generic plan (5 more): on this one long-lived connection, turn that off
-        # so that every execution is planned like pgbv's. (With it on, the ratio query's
-        # generic plan is about 30x slower: see the notes.)
-        conn.prepare_threshold = None
+        # A session with pgbv's own settings (db.connect_dsn): no statement prepared on the
+        # server, no parallel query, its lock timeout; writable, and a statement timeout long
+        # enough to load a million rows. Every read below is planned as pgbv's are.
+        conn = connect_dsn(log_dsn, None, target=settings.targets[0], read_only=False, autocommit=True,
+                           statement_timeout_seconds=3600)
         for size in sizes:
             t = time.monotonic()
             fill(conn, done, size, details)

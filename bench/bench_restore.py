@@ -11,7 +11,7 @@ default compression) is at least --dump-mb. Both sides use the same pg_restore
 --exit-on-error); the raw side's CREATE DATABASE and DROP DATABASE are outside its
 time, the drill's are inside its time (they are part of the drill).
 
-    .venv/bin/python -m bench.bench_restore [--quick] [--dump-mb 500] [--runs 3] [--jobs 2]
+    .venv/bin/python -m bench.bench_restore [--quick] [--dump-mb 500] [--runs 6] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -133,12 +133,12 @@ class PhaseTimer:
 def main() -> None:
     def extra(p):
         p.add_argument("--dump-mb", type=float, default=None, help="smallest dump size in MiB (default 500, quick 20)")
-        p.add_argument("--runs", type=int, default=None, help="runs of each side (default 4, quick 2)")
+        p.add_argument("--runs", type=int, default=None, help="runs of each side (default 6, quick 2)")
         p.add_argument("--jobs", type=int, default=2, help="pg_restore --jobs for both sides (default 2: the cores)")
 
     args = arguments(__doc__, extra)
     dump_mb = args.dump_mb or (20 if args.quick else 500)
-    runs = args.runs or (2 if args.quick else 4)
+    runs = args.runs or (2 if args.quick else 6)
     report = Report("restore", "5. Restore drill overhead", quick=args.quick)
     base = workdir("restore")
     cluster = Cluster(base, {"maintenance_work_mem": "256MB"}).start()
