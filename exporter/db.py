@@ -40,21 +40,43 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0].strip() if text else type(error).__name__
 
 
-def _options(statement_timeout_seconds: float, lock_timeout_seconds: float, read_only: bool, parallel: bool) -> str:
-    options = [
-        f"-c statement_timeout={int(statement_timeout_seconds * 1000)}",
-        f"-c lock_timeout={int(lock_timeout_seconds * 1000)}",
+def session_settings(statement_timeout_seconds: float, lock_timeout_seconds: float, read_only: bool,
+                     parallel: bool) -> dict[str, str]:
+    """The settings pgbv's session must run with, as pg_settings.setting spells them."""
+    settings = {
+        "statement_timeout": str(int(statement_timeout_seconds * 1000)),
+        "lock_timeout": str(int(lock_timeout_seconds * 1000)),
         # A pgbv transaction left open by a bug must not hold back vacuum for long.
-        f"-c idle_in_transaction_session_timeout={int(max(statement_timeout_seconds, 10) * 2000)}",
-    ]
+        "idle_in_transaction_session_timeout": str(int(max(statement_timeout_seconds, 10) * 2000)),
+    }
     if read_only:
-        options.append("-c default_transaction_read_only=on")
+        settings["default_transaction_read_only"] = "on"
     if not parallel:
         # pgbv's reads are small: starting parallel workers cost more than they saved
         # (the success ratio: 21 ms in parallel, 9 ms without, bench/), and the workers
         # come from the pool the application's own queries draw on.
-        options.append("-c max_parallel_workers_per_gather=0")
-    return " ".join(options)
+        settings["max_parallel_workers_per_gather"] = "0"
+    return settings
+
+
+def _options(settings: dict[str, str]) -> str:
+    return " ".join(f"-c {name}={value}" for name, value in settings.items())
+
+
+_APPLIED_SQL = "SELECT name, setting FROM pg_catalog.pg_settings WHERE name = ANY(%s)"
+
+
+def _not_applied(conn: psycopg.Connection, wanted: dict[str, str]) -> list[str]:
+    """The settings the server did not take from the startup packet. A connection pooler
+    (pgbouncer with options in ignore_startup_parameters, for one) may drop them without
+    a word; pgbv's promises (read-only checks, a timeout on every statement) rest on them."""
+    autocommit = conn.autocommit
+    conn.autocommit = True  # one statement, no transaction left open
+    try:
+        found = dict(conn.execute(_APPLIED_SQL, [list(wanted)]).fetchall())
+    finally:
+        conn.autocommit = autocommit
+    return [f"{name} is {found.get(name)!r}, not {value!r}" for name, value in wanted.items() if found.get(name) != value]
 
 
 def connect_dsn(
@@ -72,13 +94,12 @@ def connect_dsn(
     """Open a connection with pgbv's timeouts and name; errors name the target, never the password.
     parallel=True leaves parallel query to the server's settings (only for a restored copy)."""
     timeout = statement_timeout_seconds or target.statement_timeout_seconds
+    wanted = session_settings(timeout, lock_timeout_seconds, read_only, parallel)
     params = {
         "connect_timeout": target.connect_timeout_seconds,
         "application_name": APPLICATION_NAME,
         # The user's own options come first; ours are appended so that they win.
-        "options": " ".join(
-            part for part in (conninfo_to_dict(dsn).get("options"), _options(timeout, lock_timeout_seconds, read_only, parallel)) if part
-        ),
+        "options": " ".join(part for part in (conninfo_to_dict(dsn).get("options"), _options(wanted)) if part),
     }
     if password is not None:
         params["password"] = password
@@ -87,10 +108,25 @@ def connect_dsn(
         # session, and PostgreSQL then moves to a generic plan, blind to the target and
         # window (30x slower for the success ratio, bench/); prepared statements also
         # break behind a transaction-pooling pgbouncer. pgbv's statements are few.
-        return psycopg.connect(make_conninfo(dsn, **params), autocommit=autocommit, prepare_threshold=None)
+        conn = psycopg.connect(make_conninfo(dsn, **params), autocommit=autocommit, prepare_threshold=None)
     except psycopg.Error as exc:
         reason = scrub(first_line(exc), target.secrets())
         raise TargetUnreachable(target.name, reason, what) from None
+    try:
+        missing = _not_applied(conn, wanted)
+    except psycopg.Error as exc:
+        conn.close()
+        raise TargetUnreachable(target.name, scrub(first_line(exc), target.secrets()), what) from None
+    if missing:
+        conn.close()
+        raise TargetUnreachable(
+            target.name,
+            "the server did not apply pgbv's session settings (" + "; ".join(missing) + "); a connection pooler "
+            "in between (pgbouncer drops the options parameter when it is in ignore_startup_parameters)? "
+            "Connect pgbv to PostgreSQL itself",
+            what,
+        )
+    return conn
 
 
 def connect(
