@@ -46,8 +46,9 @@ def write_config(tmp_path: Path, dsn: str, **overrides) -> Path:
 class RunningDaemon:
     """`pgbv run` in a subprocess; knows its URL from its own log line."""
 
-    def __init__(self, config: Path):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PGBV_")}
+    def __init__(self, config: Path, env: dict[str, str] | None = None):
+        if env is None:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("PGBV_")}
         self.proc = subprocess.Popen([sys.executable, "-m", "exporter", "run", "--config", str(config)],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
         self.lines: list[str] = []
@@ -62,7 +63,8 @@ class RunningDaemon:
     def _read(self) -> None:
         for line in self.proc.stdout:
             self.lines.append(line.rstrip())
-            match = re.search(r"serving metrics on (http://\S+)/metrics", line)
+            # http or https (a TLS endpoint); the JSON log format quotes the message.
+            match = re.search(r"serving metrics on (https?://[^\s\"]+)/metrics", line)
             if match:
                 self.url = match.group(1)
 

@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 import urllib.parse
 import urllib.request
@@ -26,6 +25,7 @@ import yaml
 
 from tests.conftest import DEMO_SCHEMA, MIGRATIONS, SEED_CHECKS
 from tests.pgcluster import Cluster
+from tests.test_daemon import RunningDaemon
 
 ROLE = "app_owner"
 PASSWORD = f"pgbv-Secret/{uuid.uuid4().hex[:8]}@S3cr3t"  # '/' and '@' must be escaped in a URI, so its encoded forms show too
@@ -99,24 +99,8 @@ def pgbv(config: Path, env: dict[str, str], *args: str) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=120, env=env)
 
 
-class Daemon:
-    def __init__(self, config: Path, env: dict[str, str]):
-        self.proc = subprocess.Popen([sys.executable, "-m", "exporter", "run", "--config", str(config)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-        self.lines: list[str] = []
-        self.url = None
-        threading.Thread(target=self._read, daemon=True).start()
-        deadline = time.monotonic() + 30
-        while self.url is None:
-            assert self.proc.poll() is None and time.monotonic() < deadline, "\n".join(self.lines)
-            time.sleep(0.05)
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-            match = re.search(r"serving metrics on (http://[^\s\"]+)/metrics", line)
-            if match:
-                self.url = match.group(1)
+class Daemon(RunningDaemon):
+    """`pgbv run` with the test's own environment, read through its pages."""
 
     def get(self, path: str) -> str:
         try:

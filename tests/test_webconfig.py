@@ -497,17 +497,6 @@ class Prometheus:
         self.log.close()
 
 
-class TlsDaemon(RunningDaemon):
-    """RunningDaemon for a TLS endpoint: its URL starts with https."""
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip())
-            match = re.search(r"serving metrics on (https://\S+)/metrics", line)
-            if match:
-                self.url = match.group(1)
-
-
 @needs_prometheus
 @pytest.mark.slow
 def test_prometheus_scrapes_pgbv_run_over_tls_with_basic_auth(demo_db, tmp_path, pki, password_hash):
@@ -516,7 +505,7 @@ def test_prometheus_scrapes_pgbv_run_over_tls_with_basic_auth(demo_db, tmp_path,
         "basic_auth_users": {USER: password_hash},
     })
     config = write_config(tmp_path, demo_db, http={"listen": "127.0.0.1:0", "web_config_file": str(web)})
-    daemon = TlsDaemon(config)
+    daemon = RunningDaemon(config)
     prometheus = None
     try:
         port = urllib.parse.urlsplit(daemon.url).port
