@@ -314,7 +314,7 @@ class Daemon:
     def _warn_standby(self, target: TargetConfig, standby: bool) -> None:
         if standby and not target.log_dsn and target.name not in self._standby_warned:
             self._standby_warned.add(target.name)
-            log.error("target %s is a hot standby: pgbv cannot take its run lock or write its log there; "
+            log.error("target %s is a hot standby: pgbv cannot write its log there (runs are spooled); "
                       "set log_dsn to a primary or a central database", target.name, extra={"target": target.name})
 
     def _target_up(self, target: TargetConfig) -> bool:

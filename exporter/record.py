@@ -130,7 +130,7 @@ def cleanup(conn: psycopg.Connection, retention_days: int) -> int:
 
 def cleanup_targets(targets: list[TargetConfig], retention_days: int) -> Iterator[tuple[TargetConfig, int | None, str | None]]:
     """Clean every log database once (targets may share one): (target, rows deleted, or the reason it failed)."""
-    from exporter.db import TargetUnreachable, connect, first_line
+    from exporter.db import TargetUnreachable, close, connect, first_line
 
     done: set[str] = set()
     for target in targets:
@@ -138,8 +138,11 @@ def cleanup_targets(targets: list[TargetConfig], retention_days: int) -> Iterato
         if where in done:
             continue
         try:
-            with connect(target, log=True, read_only=False, autocommit=True) as conn:
+            conn = connect(target, log=True, read_only=False, autocommit=True)
+            try:
                 deleted = cleanup(conn, retention_days)
+            finally:
+                close(conn)  # waits for the server process: the refresh opens the next session
         except TargetUnreachable as exc:
             yield target, None, str(exc)
             continue

@@ -515,3 +515,19 @@ def test_a_finished_run_shows_at_once_without_a_full_refresh(make_db, tmp_path):
     finally:
         daemon.stop()
     assert count_rows(a) == 1
+
+
+def test_the_daily_cleanup_deletes_old_rows_and_leaves_no_session_behind(demo_db, pg_server, tmp_path):
+    # The cleanup runs in the refresh thread, between its sessions, and closes its own
+    # (db.close waits for the backend to exit; here it exits fast enough either way,
+    # so what this catches is a session left open).
+    execute(demo_db,
+            "INSERT INTO backup_verification_log (verified_at, status) VALUES (now() - interval '100 days', 'success')",
+            "INSERT INTO backup_verification_log (verified_at, status) VALUES (now() - interval '1 day', 'success')")
+    daemon = daemon_for(tmp_path, [target_data("app", demo_db)])
+    for _ in range(5):
+        daemon.cleanup()
+        (left,), = pg_server.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = 'pgbv'", [dbname(demo_db)])
+        assert left == 0
+    assert count_rows(demo_db) == 1
