@@ -9,19 +9,16 @@ import shutil
 import signal
 import tempfile
 import time
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-from psycopg import sql
 
 from exporter.backups import DirectoryBackupSource, source_for
 from exporter.backups.base import BackupSourceError, NoBackupFound
 from exporter.backups.directory import call_with_timeout
 from exporter.config import DirectoryBackup, NoBackup
-from exporter.pgtools import find_tool, run_tool
-from tests.conftest import TEMPLATE_DEMO
+
 
 DAY = 86400
 BASE = 1_760_000_000  # a fixed point in time, so mtimes are exact
@@ -45,24 +42,6 @@ def set_tree_mtime(folder: Path, at: float) -> None:
 
 
 # --- real pg_dump archives ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def archives(pg_server, tmp_path_factory) -> Path:
-    """The demo database in every pg_dump format, dumped once for the module."""
-    # demo_db is per test; dumping five formats per test would triple this file's runtime.
-    name = f"pgbv_test_{uuid.uuid4().hex[:12]}"
-    pg_server.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE_DEMO)))
-    folder = tmp_path_factory.mktemp("archives")
-    try:
-        pg_dump = find_tool("pg_dump", pg_server.version_num)
-        for file, fmt in [("app.plain.sql", "p"), ("app.custom.dump", "c"), ("app.dir", "d"), ("app.tar", "t")]:
-            run_tool(pg_dump, [f"-F{fmt}", "-f", str(folder / file), "-d", pg_server.dsn(name)], timeout=120)
-    finally:
-        pg_server.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    with open(folder / "app.plain.sql", "rb") as src, gzip.open(folder / "app.plain.sql.gz", "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    return folder
 
 
 @pytest.fixture

@@ -9,11 +9,9 @@ import os
 import shutil
 import tarfile
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-from psycopg import sql
 
 from exporter.backups import DirectoryBackupSource
 from exporter.backups.base import BackupSourceError, BackupUnreadable
@@ -28,11 +26,11 @@ from exporter.backups.readable import (
 )
 from exporter.config import DirectoryBackup
 from exporter.pgtools import ToolNotFound, find_tool, run_tool
-from tests.conftest import TEMPLATE_DEMO
+from tests.backups.conftest import ARCHIVES
 from tests.pgcluster import Cluster
 
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
-FILES = {"custom": "app.dump", "tar": "app.tar", "directory": "app.dir", "plain": "app.sql", "plain gzip": "app.sql.gz"}
+FILES = ARCHIVES
 KINDS = {
     "custom": "pg_dump custom", "tar": "pg_dump tar", "directory": "pg_dump directory",
     "plain": "plain SQL", "plain gzip": "plain SQL gzip",
@@ -54,23 +52,6 @@ def cut(path: Path, keep: float = 0.5) -> Path:
     with open(path, "r+b") as handle:
         handle.truncate(int(size * keep))
     return path
-
-
-@pytest.fixture(scope="module")
-def archives(pg_server, tmp_path_factory) -> Path:
-    """The demo database in every pg_dump format, dumped once for the module."""
-    name = f"pgbv_test_{uuid.uuid4().hex[:12]}"
-    pg_server.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE_DEMO)))
-    folder = tmp_path_factory.mktemp("archives")
-    try:
-        pg_dump = find_tool("pg_dump", pg_server.version_num)
-        for fmt, flag in (("custom", "c"), ("tar", "t"), ("directory", "d"), ("plain", "p")):
-            run_tool(pg_dump, [f"-F{flag}", "-f", str(folder / FILES[fmt]), "-d", pg_server.dsn(name)], timeout=120)
-        with open(folder / FILES["plain"], "rb") as src, gzip.open(folder / FILES["plain gzip"], "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    finally:
-        pg_server.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    return folder
 
 
 @pytest.fixture
