@@ -16,13 +16,11 @@ Connections are pg_stat_activity rows with application_name = pgbv, polled every
 from __future__ import annotations
 
 import os
-import shutil
 import time
 
 from bench.common import (
-    SEED_CHECKS, Cluster, ConnectionSampler, Report, RunningDaemon, arguments, make_demo_template, median,
-    pg_dump, run_ts, workdir, write_config,
-)
+    SEED_CHECKS, Cluster, ConnectionSampler, Report, RunningDaemon, arguments, discard, make_demo_template,
+    median, pg_dump, run_ts, workdir, write_config)
 from exporter.config import load_settings
 from exporter.snapshot import _LATEST_SQL
 from exporter.verify import verify_all, verify_target
@@ -154,9 +152,7 @@ def main() -> None:
     finally:
         for daemon in daemons:
             daemon.kill()
-        if not args.keep:
-            cluster.destroy()
-            shutil.rmtree(base, ignore_errors=True)
+        discard(cluster, base, args.keep)
 
     report.say(f"{count} copies of the seed application on one PostgreSQL 18 server (fsync off), seed checks and a "
                f"directory backup source (pg_dump read to its end) each. Alone, one after the other: "

@@ -13,14 +13,12 @@ would.
 
 from __future__ import annotations
 
-import shutil
 import time
 
 from bench.bench_restore import populate
 from bench.common import (
-    SEED_CHECKS, Cluster, ProcSampler, Report, RunningDaemon, arguments, make_demo_template, pg_dump, workdir,
-    write_config,
-)
+    SEED_CHECKS, Cluster, ProcSampler, Report, RunningDaemon, arguments, discard, make_demo_template, pg_dump,
+    workdir, write_config)
 
 TARGETS = 10
 IDLE_MARK = "footprint: the idle window starts"
@@ -85,9 +83,7 @@ def main() -> None:
     finally:
         if daemon is not None:
             daemon.terminate()
-        if not args.keep:
-            cluster.destroy()
-            shutil.rmtree(base, ignore_errors=True)
+        discard(cluster, base, args.keep)
 
     b, i = busy.summary(), idle.summary()
     report.say(f"10 targets (9 seed applications, 1 order system whose {dump_bytes / 2**20:.0f} MiB dump is drilled at "

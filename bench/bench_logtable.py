@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import statistics
 import time
 from datetime import datetime, timedelta, timezone
@@ -27,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 import psycopg
 from psycopg import sql
 
-from bench.common import SEED_CHECKS, Cluster, Report, arguments, make_demo_template, workdir, write_config
+from bench.common import SEED_CHECKS, Cluster, Report, arguments, discard, make_demo_template, workdir, write_config
 from exporter import record, snapshot
 from exporter.checks import log_functions, success_rate
 from exporter.config import load_settings
@@ -338,9 +337,7 @@ def main() -> None:
                 print(f"   {m['label']:45s} {m['seconds'] * 1000:10.3f} ms  {', '.join(m['scans'])}", flush=True)
         conn.close()
     finally:
-        if not args.keep:
-            cluster.destroy()
-            shutil.rmtree(base, ignore_errors=True)
+        discard(cluster, base, args.keep)
 
     last = steps[-1]
     report.say(f"verification_details: the document of a real run of the seed application ({details_bytes:,} bytes "

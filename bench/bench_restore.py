@@ -16,12 +16,11 @@ time, the drill's are inside its time (they are part of the drill).
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import subprocess
 import time
 
-from bench.common import Cluster, Report, arguments, pg_dump, workdir, write_config
+from bench.common import Cluster, Report, arguments, discard, pg_dump, workdir, write_config
 from exporter.backups import source_for
 from exporter.config import load_settings
 from exporter.restore import drill
@@ -195,9 +194,7 @@ def main() -> None:
                   f"{result.items} items){'; PROBLEMS ' + str(problems) if problems else ''}", flush=True)
         leftovers = cluster.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'pgbv_restore_%'")[0][0]
     finally:
-        if not args.keep:
-            cluster.destroy()
-            shutil.rmtree(base, ignore_errors=True)
+        discard(cluster, base, args.keep)
 
     raw_med, drill_med = statistics.median(raws), statistics.median(drills)
     ratio = drill_med / raw_med

@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 
 from bench.common import (
-    Cluster, Report, RunningDaemon, arguments, create_tables, free_port, pg_dump, require_tools,
-    tables_checks, tool_version, workdir, write_config,
-)
+    Cluster, Report, RunningDaemon, arguments, create_tables, discard, free_port, pg_dump, require_tools,
+    tables_checks, tool_version, workdir, write_config)
 
 CONCURRENCY = (1, 16, 64)
 TARGETS = 10
@@ -298,10 +297,7 @@ def main() -> None:
                 proc.kill()
         if daemon is not None:
             daemon.terminate()
-        if not args.keep:
-            cluster.destroy()
-            import shutil
-            shutil.rmtree(base, ignore_errors=True)
+        discard(cluster, base, args.keep)
 
     report.say(f"Snapshot: {targets} targets x {tables} tables (each verified once for real; run statuses: "
                f"{', '.join(statuses)}); pgbv's exposition: {series} series, {len(plain):,} bytes plain, "

@@ -22,8 +22,8 @@ import time
 from collections import Counter
 
 from bench.common import (
-    PYTHON, ROOT, Cluster, Report, arguments, create_tables, median, pg_dump, tables_checks, workdir, write_config,
-)
+    PYTHON, ROOT, Cluster, Report, arguments, create_tables, discard, median, pg_dump, tables_checks, workdir,
+    write_config)
 from exporter.config import load_settings
 from exporter.verify import verify_target
 
@@ -137,9 +137,7 @@ def main() -> None:
             cluster.execute(f"DROP DATABASE {db}")
             shutil.rmtree(backups, ignore_errors=True)
     finally:
-        if not args.keep:
-            cluster.destroy()
-            shutil.rmtree(base, ignore_errors=True)
+        discard(cluster, base, args.keep)
 
     report.say(f"PostgreSQL 18 (embedded wheel), fsync off; {runs} measured runs per size after one warm-up run; "
                f"time is `verify_target()` in one process (connect, backup lookup, every check, the insert "

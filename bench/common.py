@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import platform
-import pwd
 import re
 import shutil
 import signal
@@ -33,6 +32,7 @@ import psycopg
 import yaml
 
 from exporter.pgtools import find_tool
+from tests.pgcluster import _unprivileged_user  # the tests' own rule for whom PostgreSQL runs as
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -147,18 +147,6 @@ def workdir(prefix: str) -> Path:
 # --- PostgreSQL ---------------------------------------------------------------------------
 
 
-def _unprivileged_user() -> str | None:
-    if os.geteuid() != 0:
-        return None
-    for name in ("postgres", "embedded_postgres", "nobody"):
-        try:
-            pwd.getpwnam(name)
-            return name
-        except KeyError:
-            continue
-    raise RuntimeError("running as root and no unprivileged user to run PostgreSQL as")
-
-
 class Cluster:
     """A throwaway PostgreSQL (the newest initdb found: the embedded wheel's 18) on a
     Unix socket in its own folder. fsync is off unless settings say otherwise."""
@@ -235,6 +223,13 @@ class Cluster:
 
     def __exit__(self, *exc) -> None:
         self.destroy()
+
+
+def discard(cluster: Cluster, base: Path, keep: bool) -> None:
+    """Stop a benchmark's cluster and remove its folder, unless --keep asked to look at them."""
+    if not keep:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def make_demo_template(cluster: Cluster, name: str = "pgbv_bench_template") -> str:
