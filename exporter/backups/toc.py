@@ -1,0 +1,243 @@
+"""The table of contents of a pg_dump archive (custom, directory or tar), read in Python.
+
+The TOC is the list of objects a dump holds: one entry per table, TABLE DATA, index,
+constraint, policy, function..., each with its catalog OID, schema, name and the
+entries it depends on. It sits at the start of a custom archive, in a directory
+archive's toc.dat and in a tar archive's first member (toc.dat), never compressed, so
+reading it costs kilobytes whatever the size of the data behind it.
+
+Read here rather than through `pg_restore --list`: no client tool of the right
+version is needed (an archive of pg_dump 18 is read the same as one of pg_dump 13),
+names with spaces or line breaks come back whole, and entries keep their
+dependencies, which say which table a policy or a constraint belongs to. The layout
+follows ReadHead() and ReadToc() of PostgreSQL's pg_backup_archiver.c for archive
+versions 1.12 to 1.16 (pg_dump 9.6 to 18); an older or newer archive raises
+TocError rather than being guessed at.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from exporter.backups.base import BackupSourceError
+from exporter.backups.directory import call_with_timeout
+
+# ReadHead/ReadToc changed at these archive versions (pg_backup_archiver.h).
+OLDEST_VERSION = (1, 12, 0)  # pg_dump 9.6 onwards; older layouts differ in many small ways
+NEWEST_VERSION = (1, 16, 0)  # pg_dump 17 and 18
+_TAR_BLOCK = 512
+# Kinds of backup (BackupInfo.kind) whose TOC this module reads.
+ARCHIVE_KINDS = ("pg_dump custom", "pg_dump directory", "pg_dump tar")
+# Large objects carry OIDs a user may choose (lo_create(123456789)): they say nothing
+# about when the archive was made, so they are left out of max_oid.
+_USER_CHOSEN_OIDS = ("BLOB", "BLOBS", "BLOB METADATA", "LARGE OBJECT")
+# A TOC longer than this is no TOC (pg_dump writes a few hundred bytes per object).
+_MAX_ENTRIES = 50_000_000
+_MAX_STRING = 1 << 30
+
+
+class TocError(Exception):
+    """The archive's table of contents is damaged or cut short: what the archive holds
+    cannot be known, and a restore of it would fail."""
+
+
+@dataclass(frozen=True)
+class TocEntry:
+    dump_id: int
+    catalog: int  # the OID of the system catalog the object lives in (0 for data entries)
+    oid: int  # the object's OID in that catalog; a TABLE DATA entry carries its table's
+    desc: str  # "TABLE", "TABLE DATA", "ROW SECURITY", "POLICY", "FK CONSTRAINT"...
+    schema: str | None
+    tag: str  # the object's name; "<table> <name>" for policies and constraints
+    owner: str | None
+    dependencies: tuple[int, ...]  # dump ids of the entries this one needs first
+
+
+@dataclass(frozen=True)
+class ArchiveToc:
+    version: tuple[int, int, int]
+    database: str | None  # the name of the database pg_dump read
+    dumped_by: str | None  # pg_dump's version, e.g. "18.1"
+    server: str | None  # the dumped server's version
+    entries: tuple[TocEntry, ...]
+
+    def by_id(self) -> dict[int, TocEntry]:
+        return {entry.dump_id: entry for entry in self.entries}
+
+    def of(self, *descs: str) -> list[TocEntry]:
+        return [entry for entry in self.entries if entry.desc in descs]
+
+    @property
+    def max_oid(self) -> int:
+        """The greatest catalog OID among the archive's objects: every object created
+        after the dump started has a greater one, as long as the OID counter has not
+        wrapped around (see exporter/checks/backup_content.py)."""
+        return max((e.oid for e in self.entries if e.desc not in _USER_CHOSEN_OIDS), default=0)
+
+    def member_name(self, entry: TocEntry, table: TocEntry) -> str:
+        """The name of a policy or constraint: its tag is "<table> <name>"."""
+        prefix = f"{table.tag} "
+        return entry.tag[len(prefix):] if entry.tag.startswith(prefix) else entry.tag
+
+
+class _Reader:
+    """ReadByte/ReadInt/ReadStr of pg_backup_archiver.c over a binary stream."""
+
+    def __init__(self, stream: BinaryIO, limit: int | None = None):
+        self.stream = stream
+        self.left = limit  # bytes that belong to the TOC (a tar member's size), None: to EOF
+        self.version = (0, 0, 0)
+        self.int_size = 4
+        self.offset_size = 8
+
+    def bytes(self, n: int) -> bytes:
+        if self.left is not None:
+            if n > self.left:
+                raise TocError("the table of contents ends early (archive cut short?)")
+            self.left -= n
+        data = self.stream.read(n)
+        if len(data) < n:
+            raise TocError("the table of contents ends early (archive cut short?)")
+        return data
+
+    def byte(self) -> int:
+        return self.bytes(1)[0]
+
+    def int(self) -> int:
+        sign = self.byte()
+        value = int.from_bytes(self.bytes(self.int_size), "little")
+        return -value if sign else value
+
+    def str(self) -> str | None:
+        length = self.int()
+        if length < 0:
+            return None
+        if length > _MAX_STRING:
+            raise TocError(f"a string of {length} bytes in the table of contents: the archive is damaged")
+        return self.bytes(length).decode("utf-8", "replace")
+
+
+def _read_header(r: _Reader) -> tuple[str | None, str | None, str | None, int]:
+    if r.bytes(5) != b"PGDMP":
+        raise TocError("not a pg_dump archive (it does not start with PGDMP)")
+    r.version = (r.byte(), r.byte(), r.byte())
+    if not OLDEST_VERSION <= r.version <= NEWEST_VERSION:
+        shown = ".".join(map(str, r.version))
+        # Not damage: a newer pg_dump than this reader. pgbv cannot tell, so the caller errs.
+        raise BackupSourceError(
+            f"archive version {shown} is not one this reader knows (1.12 to 1.16, pg_dump 9.6 to 18)"
+        )
+    r.int_size = r.byte()
+    r.offset_size = r.byte()
+    if not (1 <= r.int_size <= 8 and 1 <= r.offset_size <= 8):
+        raise TocError(f"implausible integer sizes {r.int_size}/{r.offset_size} in the archive header")
+    fmt = r.byte()
+    if r.version >= (1, 15, 0):
+        r.byte()  # compression algorithm
+    else:
+        r.int()  # compression level
+    for _ in range(7):  # the dump's start time: sec, min, hour, mday, mon, year, isdst
+        r.int()
+    database = r.str()
+    server = r.str()
+    dumped_by = r.str()
+    return database, server, dumped_by, fmt
+
+
+def read_toc(stream: BinaryIO, custom: bool, limit: int | None = None) -> ArchiveToc:
+    """The TOC of the archive stream is positioned at (its first byte).
+
+    custom: the custom format, whose entries end with a data offset; the directory and
+    tar formats end each with a file name instead. limit: how many bytes the TOC
+    occupies at most (a tar member), None to read up to what it needs.
+    """
+    r = _Reader(stream, limit)
+    database, server, dumped_by, _ = _read_header(r)
+    count = r.int()
+    if not 0 <= count <= _MAX_ENTRIES:
+        raise TocError(f"the table of contents claims {count} entries: the archive is damaged")
+    entries = []
+    for _ in range(count):
+        dump_id = r.int()
+        if dump_id <= 0:
+            raise TocError(f"entry with invalid dump id {dump_id}: the archive is damaged")
+        r.int()  # had dumper
+        catalog = _oid(r.str())
+        oid = _oid(r.str())
+        tag = r.str() or ""
+        desc = r.str() or ""
+        r.int()  # section
+        r.str()  # definition
+        r.str()  # drop statement
+        r.str()  # COPY statement
+        schema = r.str()
+        r.str()  # tablespace
+        if r.version >= (1, 14, 0):
+            r.str()  # table access method
+        if r.version >= (1, 16, 0):
+            r.int()  # relkind
+        owner = r.str()
+        r.str()  # "with oids", always "false" since PostgreSQL 12
+        dependencies = []
+        while (dep := r.str()) is not None:
+            dependencies.append(_oid(dep))
+        if custom:
+            r.byte()  # data state
+            r.bytes(r.offset_size)  # data offset
+        else:
+            r.str()  # the data file's name (directory, tar)
+        entries.append(TocEntry(dump_id, catalog, oid, desc, schema or None, tag, owner, tuple(dependencies)))
+    return ArchiveToc(r.version, database, dumped_by, server, tuple(entries))
+
+
+def _oid(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        raise TocError(f"{text!r} where the table of contents holds a number: the archive is damaged") from None
+
+
+def _read_path(path: Path, kind: str) -> ArchiveToc:
+    if kind == "pg_dump directory":
+        where = path / "toc.dat"
+        if not where.is_file():
+            raise TocError(f"{path}: toc.dat is missing")
+        with open(where, "rb") as handle:
+            return read_toc(handle, custom=False)
+    with open(path, "rb") as handle:
+        if kind == "pg_dump custom":
+            return read_toc(handle, custom=True)
+        # A pg_dump tar archive's first member is toc.dat; its size bounds the TOC.
+        header = handle.read(_TAR_BLOCK)
+        name = header[:100].split(b"\0", 1)[0]
+        if len(header) < _TAR_BLOCK or name != b"toc.dat":
+            raise TocError(f"{path}: a pg_dump tar archive starts with toc.dat, this one does not")
+        try:
+            size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            raise TocError(f"{path}: damaged tar header of toc.dat") from None
+        return read_toc(handle, custom=False, limit=size)
+
+
+def read_archive_toc(path: Path, kind: str, timeout: float) -> ArchiveToc:
+    """The TOC of the pg_dump archive at path (kind: one of ARCHIVE_KINDS), read within
+    timeout seconds (a hung network mount must not hang the run).
+
+    Raises TocError when it is damaged, BackupSourceError when the file cannot be
+    read, the read timed out or the archive's version is unknown.
+    """
+    if kind not in ARCHIVE_KINDS:
+        raise ValueError(f"{kind} is not a pg_dump archive with a table of contents")
+
+    def read() -> ArchiveToc:
+        try:
+            return _read_path(path, kind)
+        except FileNotFoundError:
+            raise BackupSourceError(f"{path} is gone since it was listed (rotated away?)") from None
+        except OSError as exc:
+            raise BackupSourceError(f"cannot read {os.fspath(exc.filename or path)}: {exc.strerror or exc}") from None
+
+    return call_with_timeout(read, timeout, f"reading the table of contents of {path}")
