@@ -57,6 +57,11 @@ class _BackupCommon(_Strict):
     min_size_mb: float = Field(
         1, ge=0, description="`backup_size` fails when the newest backup is smaller than this."
     )
+    database: str | None = Field(
+        None, min_length=1,
+        description="The database name the backup must be a dump of (`backup_content`); default: the target's "
+        "own database. Set it when the dump is of another name on purpose.",
+    )
 
     @model_validator(mode="after")
     def _ages_ordered(self):

@@ -23,6 +23,7 @@ ORDER: tuple[str, ...] = (
     "backup_age",
     "backup_size",
     "backup_readable",
+    "backup_content",
     "wal_archiving",
     "restore",
 )

@@ -57,6 +57,8 @@ class Check:
     # True when the check opens its own short transactions instead of running in one
     # (a long check must not hold a transaction open on the live database).
     own_transactions: ClassVar[bool] = False
+    # False for checks that can run while the target is down: they get ctx.conn = None.
+    needs_database: ClassVar[bool] = True
 
     def applies(self, target: TargetConfig) -> bool:
         raise NotImplementedError

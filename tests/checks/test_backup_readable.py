@@ -52,7 +52,7 @@ def run(target, lookup: BackupLookup | None = None):
 
 def test_registered_after_backup_size_and_before_wal_archiving():
     assert ORDER.index("backup_readable") == ORDER.index("backup_size") + 1
-    assert ORDER.index("wal_archiving") == ORDER.index("backup_readable") + 1
+    assert ORDER.index("wal_archiving") == ORDER.index("backup_readable") + 2  # backup_content between
 
 
 def test_applies_when_the_source_can_read_its_backups(pg_server, tmp_path):

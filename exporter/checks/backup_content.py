@@ -1,0 +1,464 @@
+"""The newest pg_dump archive holds this database: its name, the critical tables with
+their data, row-level security and policies, the required indexes and functions.
+
+A dump of the wrong database, a --schema-only dump, or one made with
+--exclude-table-data or -T on a critical table is readable to its last byte and
+passes every other backup check; only its table of contents (TOC) shows what it
+holds. The TOC is read in Python (exporter/backups/toc.py): kilobytes, no data
+decompressed. It proves what the archive lists, not that the data behind each
+entry is whole: that is backup_readable's full read.
+
+"Created after the dump" is told by OID. PostgreSQL hands out OIDs from one
+counter per cluster that only grows, so a live table (index, function) whose OID
+is greater than every OID the archive lists did not exist when pg_dump ran: it is
+mentioned, never a failure, as the design demands. This can mislead in two ways:
+after the counter wraps around (4 billion OIDs; pg_upgrade and dump/restore
+migrations renumber too), a new table gets a small OID and is reported missing (a
+false alarm, never a false pass); and a critical table excluded with -T that was
+also the very last object created before the dump has, with everything that hangs
+off it, the greatest OID of all, so it is taken for a new table (a false pass that
+only a dump without any later object can produce). Policies get no such leniency:
+a policy missing from the archive is missing from every restore of it (the issue's
+"dropped before the dump, re-created after" case), so a live policy the archive
+lacks fails until the next dump carries it.
+
+Without a connection to the target (the outage path, ctx.conn is None) the archive
+is compared with the configuration only: the database name from backup.database or
+the DSN, the critical tables with their data, the required indexes and functions.
+The live policy counts and the created-after detection are skipped and the message
+says so.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from psycopg.conninfo import conninfo_to_dict
+
+from exporter.backups.base import BackupSourceError
+from exporter.backups.toc import ARCHIVE_KINDS, ArchiveToc, TocError, read_archive_toc
+from exporter.catalog import Table, counted, find_functions, find_indexes, listing, split_name
+from exporter.checks.backup_age import BackupCheck
+from exporter.checks.base import CheckContext
+from exporter.checks.rls_policies import _tables as rls_table_names
+from exporter.config import TargetConfig
+from exporter.redact import scrub
+from exporter.result import CheckResult
+
+# How many tables created after the dump are named in the message; the rest are counted.
+MAX_NAMED = 10
+_FUNCTION_DESCS = ("FUNCTION", "PROCEDURE", "AGGREGATE")
+
+Key = tuple[str, str]  # (schema, name) as the catalog spells them, unquoted
+
+
+@dataclass
+class _Archive:
+    """What the TOC says, indexed by (schema, name)."""
+
+    toc: ArchiveToc
+    tables: dict[Key, int] = field(default_factory=dict)  # -> dump id
+    with_data: set[Key] = field(default_factory=set)
+    row_security: set[Key] = field(default_factory=set)
+    policies: dict[Key, set[str]] = field(default_factory=lambda: defaultdict(set))
+    indexes: set[Key] = field(default_factory=set)  # indexes, and constraints backed by one
+    functions: set[Key] = field(default_factory=set)
+    children: dict[Key, list[Key]] = field(default_factory=lambda: defaultdict(list))  # partitions
+
+    @classmethod
+    def of(cls, toc: ArchiveToc) -> _Archive:
+        archive = cls(toc)
+        by_id = toc.by_id()
+
+        def key(entry) -> Key:
+            return (entry.schema or "", entry.tag)
+
+        def owning_table(entry):
+            return next((by_id[d] for d in entry.dependencies if d in by_id and by_id[d].desc == "TABLE"), None)
+
+        for entry in toc.entries:
+            if entry.desc == "TABLE":
+                archive.tables[key(entry)] = entry.dump_id
+            elif entry.desc == "TABLE DATA":
+                archive.with_data.add(key(entry))
+            elif entry.desc == "ROW SECURITY":
+                archive.row_security.add(key(entry))
+            elif entry.desc in ("INDEX", "CONSTRAINT"):
+                # A primary key's or unique constraint's index has the constraint's name,
+                # and a CONSTRAINT entry's tag is "<table> <constraint>".
+                table = owning_table(entry) if entry.desc == "CONSTRAINT" else None
+                name = toc.member_name(entry, table) if table else entry.tag
+                archive.indexes.add((entry.schema or "", name))
+            elif entry.desc == "POLICY":
+                table = owning_table(entry)
+                if table is not None:
+                    archive.policies[key(table)].add(toc.member_name(entry, table))
+            elif entry.desc in _FUNCTION_DESCS:
+                archive.functions.add((entry.schema or "", entry.tag.partition("(")[0]))
+            elif entry.desc == "TABLE ATTACH":
+                # pg_dump 14+: "ALTER TABLE parent ATTACH PARTITION child", tagged with the
+                # child's name, depending on both tables.
+                tables = [by_id[d] for d in entry.dependencies if d in by_id and by_id[d].desc == "TABLE"]
+                child = next((t for t in tables if key(t) == key(entry)), None)
+                for parent in tables:
+                    if child is not None and parent is not child:
+                        archive.children[key(parent)].append(key(child))
+        return archive
+
+    def find(self, keys, name: str) -> Key | None:
+        """The archive's object for a configured name (schema.name, or a bare name in
+        any schema, public first) when no live catalog resolved it."""
+        schema, obj = split_name(name)
+        matches = sorted((k for k in keys if k[1] == obj and (schema is None or k[0] == schema)),
+                         key=lambda k: (k[0] != "public", k))
+        return matches[0] if matches else None
+
+    def leaves(self, table: Key) -> list[Key]:
+        """The partitions under table that hold rows, as the archive knows them."""
+        kids = self.children.get(table, [])
+        if not kids:
+            return [table]
+        return [leaf for kid in kids for leaf in self.leaves(kid)]
+
+
+def _shown(key: Key) -> str:
+    return f"{key[0]}.{key[1]}" if key[0] else key[1]
+
+
+def dsn_database(dsn: str) -> str:
+    """The database a DSN connects to, with libpq's defaults (PGDATABASE, then the user name)."""
+    params = conninfo_to_dict(dsn)
+    return (
+        params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user")
+        or os.environ.get("PGUSER") or getpass.getuser()
+    )
+
+
+# One statement for all tables, whatever their number: the leaf partitions of the
+# partitioned critical tables, the policies of the RLS tables, the OIDs of the
+# required indexes and functions, and the tables created after the dump.
+_LIVE_SQL = """
+SELECT 'database', NULL::oid, NULL::name, pg_catalog.current_database()::name, NULL::oid
+UNION ALL
+SELECT 'leaf', r.root, n.nspname, c.relname, c.oid
+  FROM unnest(%(partitioned)s::oid[]) AS r(root)
+ CROSS JOIN LATERAL pg_catalog.pg_partition_tree(r.root) AS t
+  JOIN pg_catalog.pg_class AS c ON c.oid = t.relid
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE t.isleaf AND c.relkind = 'r'
+UNION ALL
+SELECT 'policy', p.polrelid, NULL, p.polname, p.oid
+  FROM pg_catalog.pg_policy AS p
+ WHERE p.polrelid = ANY (%(rls)s::oid[])
+UNION ALL
+SELECT 'index', NULL, n.nspname, c.relname, c.oid
+  FROM pg_catalog.pg_class AS c
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('i', 'I')
+   AND (n.nspname, c.relname) IN (SELECT * FROM unnest(%(index_schemas)s::text[], %(index_names)s::text[]))
+UNION ALL
+SELECT 'function', NULL, n.nspname, p.proname, min(p.oid)
+  FROM pg_catalog.pg_proc AS p
+  JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+ WHERE (n.nspname, p.proname) IN (SELECT * FROM unnest(%(function_schemas)s::text[], %(function_names)s::text[]))
+ GROUP BY n.nspname, p.proname
+UNION ALL
+(SELECT 'new table', NULL, n.nspname, c.relname, c.oid
+   FROM pg_catalog.pg_class AS c
+   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+  WHERE c.oid > %(max_oid)s::oid AND c.relkind IN ('r', 'p')
+    AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
+  ORDER BY c.oid
+  LIMIT %(limit)s)
+"""
+
+
+@dataclass
+class _Live:
+    database: str
+    leaves: dict[int, list[tuple[Key, int]]]  # partitioned table oid -> leaf partitions
+    policies: dict[int, set[str]]  # table oid -> policy names
+    index_oids: dict[Key, int]
+    function_oids: dict[Key, int]
+    new_tables: list[Key]
+
+
+def _ask_live(conn, partitioned: list[int], rls: list[int], indexes: list[Key], functions: list[Key],
+              max_oid: int) -> _Live:
+    rows = conn.execute(_LIVE_SQL, {
+        "partitioned": partitioned, "rls": rls,
+        "index_schemas": [k[0] for k in indexes], "index_names": [k[1] for k in indexes],
+        "function_schemas": [k[0] for k in functions], "function_names": [k[1] for k in functions],
+        "max_oid": max_oid, "limit": MAX_NAMED + 1,
+    }).fetchall()
+    live = _Live("", defaultdict(list), defaultdict(set), {}, {}, [])
+    for kind, owner, schema, name, oid in rows:
+        if kind == "database":
+            live.database = name
+        elif kind == "leaf":
+            live.leaves[int(owner)].append(((schema, name), int(oid)))
+        elif kind == "policy":
+            live.policies[int(owner)].add(name)
+        elif kind == "index":
+            live.index_oids[(schema, name)] = int(oid)
+        elif kind == "function":
+            live.function_oids[(schema, name)] = int(oid)
+        else:
+            live.new_tables.append((schema, name))
+    return live
+
+
+class _Findings:
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+        self.after_dump: list[str] = []  # live, created after the dump: mentioned only
+        self.after_dump_keys: set[Key] = set()
+        self.notes: list[str] = []
+
+
+class BackupContentCheck(BackupCheck):
+    name = "backup_content"
+    title = "Newest backup holds this database's tables, data, policies, indexes and functions"
+    # The archive against the configuration still means something while the target is down.
+    needs_database: ClassVar[bool] = False
+
+    def applies(self, target: TargetConfig) -> bool:
+        # Only the directory source yields pg_dump archives; pgBackRest, Barman and WAL-G
+        # backups are physical copies of the whole cluster, with no table of contents.
+        return target.backup.source == "directory"
+
+    def run(self, ctx: CheckContext) -> CheckResult:
+        problem = self.problem(ctx.backup)
+        if problem is not None:
+            return problem
+        info = ctx.backup.info
+        if info.kind not in ARCHIVE_KINDS:
+            # Not a pass: nothing was compared. A warning, like backup_readable's for a
+            # kind it has no reader for.
+            return self.warned(
+                f"content not verified: newest backup {info.id} is a {info.kind}; backup_content reads the table "
+                "of contents of pg_dump custom, directory and tar archives only",
+                info.kind, "a pg_dump archive",
+            )
+        path = Path(info.location) if info.location else Path(ctx.target.backup.path) / info.id
+        secrets = ctx.target.secrets()
+        try:
+            toc = read_archive_toc(path, info.kind, ctx.target.backup.timeout_seconds)
+        except TocError as exc:
+            return self.failed(
+                f"the table of contents of {info.id} cannot be read: {scrub(str(exc), secrets)}",
+                "unreadable", "a readable table of contents",
+            )
+        except BackupSourceError as exc:
+            return self.errored(
+                f"could not read the table of contents of {info.id}: {scrub(str(exc), secrets)}",
+                "not read", "a readable table of contents",
+            )
+        archive = _Archive.of(toc)
+        if ctx.conn is None:
+            return self._compare_offline(ctx, info.id, archive)
+        return self._compare_live(ctx, info.id, archive)
+
+    # --- shared -----------------------------------------------------------------------
+
+    def _database(self, ctx: CheckContext, archive: _Archive, live_name: str | None, found: _Findings) -> str:
+        wanted = ctx.target.backup.database or live_name or dsn_database(ctx.target.dsn)
+        if archive.toc.database != wanted:
+            why = "backup.database" if ctx.target.backup.database else "the target's database"
+            found.problems.append(
+                f"the archive is a dump of database {archive.toc.database!r}, not {wanted!r} ({why}); "
+                "set backup.database when the dump is of another name on purpose"
+            )
+        return wanted
+
+    def _table_data(self, archive: _Archive, key: Key, shown: str, found: _Findings) -> None:
+        """A table in the archive: its rows are in it (for a partitioned table, its leaves')."""
+        for leaf in archive.leaves(key):
+            if leaf not in archive.with_data:
+                where = "" if leaf == key else f" (partition {_shown(leaf)})"
+                found.problems.append(f"{shown}{where}: no TABLE DATA, the rows are not in the backup")
+
+    def _verdict(self, ctx, backup_id: str, archive: _Archive, found: _Findings, wanted_db: str,
+                 checked: dict[str, list[str]], skipped: str | None) -> CheckResult:
+        toc = archive.toc
+        origin = f"pg_dump {toc.dumped_by}" if toc.dumped_by else "pg_dump"
+        observed = {
+            "database": toc.database,
+            "entries": len(toc.entries),
+            "differences": found.problems,
+            "created_after_dump": found.after_dump,
+        }
+        expected = {"database": wanted_db, **checked}
+        tail = ""
+        if found.after_dump:
+            tail += f"; created after the dump, so not in it (fine): {listing(found.after_dump)}"
+        if found.notes:
+            tail += "; " + "; ".join(found.notes)
+        if skipped:
+            tail += f"; {skipped}"
+        if found.problems:
+            return self.failed(
+                f"{backup_id} ({origin} of database {toc.database!r}) lacks what the database holds: "
+                + "; ".join(found.problems) + tail,
+                observed, expected,
+            )
+        held = [counted(len(checked["critical_tables"]), "critical table") + " with their data"]
+        if checked.get("rls_tables"):
+            held.append(f"row-level security and every live policy of {counted(len(checked['rls_tables']), 'table')}")
+        if checked.get("required_indexes"):
+            held.append(counted(len(checked["required_indexes"]), "required index", "required indexes"))
+        if checked.get("required_functions"):
+            held.append(counted(len(checked["required_functions"]), "required function"))
+        return self.passed(
+            f"{backup_id} ({origin} of database {toc.database!r}, {len(toc.entries)} TOC entries) holds "
+            + ", ".join(held) + tail,
+            observed, expected,
+        )
+
+    # --- with the live database ---------------------------------------------------------
+
+    def _compare_live(self, ctx: CheckContext, backup_id: str, archive: _Archive) -> CheckResult:
+        checks = ctx.target.checks
+        critical = list(dict.fromkeys(checks.critical_tables))
+        rls = rls_table_names(ctx.target)
+        tables = ctx.tables(critical + rls)
+        indexes = find_indexes(ctx.conn, list(dict.fromkeys(checks.required_indexes)))
+        functions = find_functions(ctx.conn, list(dict.fromkeys(checks.required_functions)))
+        max_oid = archive.toc.max_oid
+        index_keys = {name: (i.schema, i.name) for name, i in indexes.items()}
+        function_keys = {name: (f[0].schema, f[0].name) for name, f in functions.items()}
+        rls_live = [tables[name] for name in rls if name in tables and tables[name].rls_enabled]
+        live = _ask_live(
+            ctx.conn,
+            partitioned=[tables[n].oid for n in critical if n in tables and tables[n].kind == "p"],
+            rls=[t.oid for t in rls_live],
+            indexes=list(index_keys.values()), functions=list(function_keys.values()),
+            max_oid=max_oid,
+        )
+        found = _Findings()
+        wanted_db = self._database(ctx, archive, live.database, found)
+
+        def present(table_key: Key, oid: int, shown: str) -> bool:
+            """Whether the table is in the archive; if not, a problem or a created-after note."""
+            if table_key in archive.tables:
+                return True
+            if oid > max_oid:
+                found.after_dump.append(shown)
+                found.after_dump_keys.add(table_key)
+            else:
+                found.problems.append(f"{shown} is not in the backup (left out with -T or --exclude-table?)")
+            return False
+
+        for name in critical:
+            table = tables.get(name)
+            if table is None:
+                self._critical_offline(archive, name, found)  # critical_tables reports it missing live
+                continue
+            key = (table.schema, table.name)
+            if not present(key, table.oid, name):
+                continue
+            if table.kind != "p":
+                if key not in archive.with_data:
+                    found.problems.append(
+                        f"{name}: no TABLE DATA, the rows are not in the backup "
+                        "(a --schema-only dump, or --exclude-table-data)"
+                    )
+                continue
+            for leaf_key, leaf_oid in live.leaves.get(table.oid, []):
+                shown = f"{name} (partition {_shown(leaf_key)})"
+                if present(leaf_key, leaf_oid, shown) and leaf_key not in archive.with_data:
+                    found.problems.append(f"{shown}: no TABLE DATA, the rows are not in the backup")
+
+        for table in rls_live:
+            self._rls(archive, table, live.policies.get(table.oid, set()), max_oid, found)
+
+        for name, key in index_keys.items():
+            self._required(archive.indexes, key, live.index_oids.get(key), "index", max_oid, found)
+        for name in checks.required_indexes:
+            if name not in indexes and archive.find(archive.indexes, name) is None:
+                found.problems.append(f"index {name} is not in the backup (nor in the database)")
+        for name, key in function_keys.items():
+            self._required(archive.functions, key, live.function_oids.get(key), "function", max_oid, found)
+        for name in checks.required_functions:
+            if name not in functions and archive.find(archive.functions, name) is None:
+                found.problems.append(f"function {name} is not in the backup (nor in the database)")
+
+        found.after_dump.extend(_shown(k) for k in live.new_tables[:MAX_NAMED] if k not in found.after_dump_keys)
+        if len(live.new_tables) > MAX_NAMED:
+            found.notes.append(f"more than {MAX_NAMED} tables were created after the dump")
+        checked = {
+            "critical_tables": critical,
+            "rls_tables": [t.requested for t in rls_live],
+            "required_indexes": list(dict.fromkeys(checks.required_indexes)),
+            "required_functions": list(dict.fromkeys(checks.required_functions)),
+        }
+        return self._verdict(ctx, backup_id, archive, found, wanted_db, checked, None)
+
+    def _rls(self, archive: _Archive, table: Table, live_policies: set[str], max_oid: int, found: _Findings) -> None:
+        key = (table.schema, table.name)
+        if key not in archive.tables:
+            return  # reported (or noted as created after the dump) with the critical tables, or not critical
+        if key not in archive.row_security:
+            found.problems.append(f"{table.requested}: no ENABLE ROW LEVEL SECURITY in the backup")
+        held = archive.policies.get(key, set())
+        missing = sorted(live_policies - held)
+        if len(held) < len(live_policies):
+            found.problems.append(
+                f"{table.requested} has {counted(len(live_policies), 'policy', 'policies')} live, the backup "
+                f"{len(held)}; not in the backup: {listing(missing)}"
+            )
+        elif missing:
+            extra = sorted(held - live_policies)
+            found.notes.append(
+                f"{table.requested}: policies differ by name (live only: {listing(missing)}; "
+                f"backup only: {listing(extra)})"
+            )
+
+    def _required(self, archive_keys: set[Key], key: Key, oid: int | None, what: str, max_oid: int,
+                  found: _Findings) -> None:
+        if key in archive_keys:
+            return
+        if oid is not None and oid > max_oid:
+            found.after_dump.append(f"{what} {_shown(key)}")
+        else:
+            found.problems.append(f"{what} {_shown(key)} is not in the backup")
+
+    # --- without it ---------------------------------------------------------------------
+
+    def _critical_offline(self, archive: _Archive, name: str, found: _Findings) -> None:
+        key = archive.find(archive.tables, name)
+        if key is None:
+            found.problems.append(f"{name} is not in the backup")
+        else:
+            self._table_data(archive, key, name, found)
+
+    def _compare_offline(self, ctx: CheckContext, backup_id: str, archive: _Archive) -> CheckResult:
+        checks = ctx.target.checks
+        found = _Findings()
+        wanted_db = self._database(ctx, archive, None, found)
+        critical = list(dict.fromkeys(checks.critical_tables))
+        for name in critical:
+            self._critical_offline(archive, name, found)
+        for what, names, keys in (("index", checks.required_indexes, archive.indexes),
+                                  ("function", checks.required_functions, archive.functions)):
+            for name in dict.fromkeys(names):
+                if archive.find(keys, name) is None:
+                    found.problems.append(f"{what} {name} is not in the backup")
+        checked = {
+            "critical_tables": critical,
+            "required_indexes": list(dict.fromkeys(checks.required_indexes)),
+            "required_functions": list(dict.fromkeys(checks.required_functions)),
+        }
+        skipped = (
+            "the database was not reachable: compared with the configuration only, the live policy counts "
+            "and the detection of tables created after the dump were skipped"
+        )
+        return self._verdict(ctx, backup_id, archive, found, wanted_db, checked, skipped)
+
+
+CHECK = BackupContentCheck()

@@ -1,0 +1,290 @@
+"""backup_content reads the newest pg_dump archive's table of contents and compares it
+with the live database: real dumps of real databases, each fault planted as an
+operator would (the wrong database, --schema-only, --exclude-table-data, -T, a policy
+missing), each failing with the object named; a healthy dump passes in every format."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from exporter.backups import DirectoryBackupSource
+from exporter.checks import ORDER
+from exporter.checks.backup_content import CHECK, dsn_database
+from exporter.checks.base import CheckContext
+from exporter.pgtools import find_tool, run_tool
+from exporter.verify import verify_target
+from tests.checks.helpers import check_once
+from tests.conftest import SEED_CHECKS, execute, make_target
+from tests.pgcluster import Cluster
+
+PG15_BIN = Path("/usr/lib/postgresql/15/bin")
+FLAGS = {"custom": "-Fc", "directory": "-Fd", "tar": "-Ft"}
+NAMES = {"custom": "app.dump", "directory": "app.dir", "tar": "app.tar"}
+
+
+def dump(dsn: str, folder: Path, *extra: str, fmt: str = "custom", pg_bin_dir: Path | None = None) -> Path:
+    folder.mkdir(exist_ok=True)
+    with psycopg.connect(dsn) as conn:
+        version = conn.info.server_version
+    pg_dump = find_tool("pg_dump", version, pg_bin_dir)
+    path = folder / NAMES[fmt]
+    run_tool(pg_dump, [FLAGS[fmt], "-f", str(path), *extra, "-d", dsn], timeout=120)
+    return path
+
+
+def target_for(dsn: str, folder: Path, checks: dict | None = None, **backup):
+    return make_target(dsn, checks=checks, backup={"source": "directory", "path": str(folder), **backup})
+
+
+def run(target):
+    return check_once(CHECK, target, backup=DirectoryBackupSource(target.backup).lookup())
+
+
+def run_offline(target):
+    """As the outage path runs it: no connection to the target."""
+    ctx = CheckContext(
+        target=target, conn=None, log_conn=None, backup=DirectoryBackupSource(target.backup).lookup(),
+        previous=None, now=datetime.now(timezone.utc),
+    )
+    return CHECK.run(ctx)
+
+
+def dbname(dsn: str) -> str:
+    return conninfo_to_dict(dsn)["dbname"]
+
+
+def test_registered_after_backup_readable_and_runs_without_the_database(tmp_path):
+    assert ORDER.index("backup_content") == ORDER.index("backup_readable") + 1
+    assert CHECK.needs_database is False
+    assert CHECK.applies(target_for("dbname=x", tmp_path))
+    # Physical backups have no table of contents: the check is not listed for them.
+    assert not CHECK.applies(make_target("dbname=x", backup={"source": "pgbackrest", "stanza": "main"}))
+    assert not CHECK.applies(make_target("dbname=x"))
+
+
+@pytest.mark.parametrize("fmt", list(FLAGS))
+def test_healthy_demo_dump_passes_in_every_format(demo_db, tmp_path, fmt):
+    dump(demo_db, tmp_path / "backups", fmt=fmt)
+    result = run(target_for(demo_db, tmp_path / "backups"))
+    assert result.outcome == "pass", result.message
+    assert "7 critical tables with their data" in result.message
+    assert "row-level security and every live policy of 7 tables" in result.message
+    assert "2 required indexes" in result.message and "2 required functions" in result.message
+    body = result.as_dict()
+    assert body["observed"]["database"] == dbname(demo_db) == body["expected"]["database"]
+    assert body["observed"]["differences"] == []
+
+
+def test_dump_of_the_wrong_database_fails_naming_both(demo_db, make_db, tmp_path):
+    other = make_db(demo=True)
+    dump(other, tmp_path / "backups")
+    result = run(target_for(demo_db, tmp_path / "backups"))
+    assert result.outcome == "fail"
+    assert f"dump of database {dbname(other)!r}, not {dbname(demo_db)!r}" in result.message
+    assert result.observed["database"] == dbname(other) and result.expected["database"] == dbname(demo_db)
+
+
+def test_backup_database_names_a_dump_of_another_name_on_purpose(demo_db, make_db, tmp_path):
+    other = make_db(demo=True)
+    dump(other, tmp_path / "backups")
+    assert run(target_for(demo_db, tmp_path / "backups", database=dbname(other))).outcome == "pass"
+    wrong = run(target_for(demo_db, tmp_path / "backups", database="billing"))
+    assert wrong.outcome == "fail" and "not 'billing' (backup.database)" in wrong.message
+
+
+def test_schema_only_dump_fails_naming_the_tables(demo_db, tmp_path):
+    dump(demo_db, tmp_path / "backups", "--schema-only")
+    result = run(target_for(demo_db, tmp_path / "backups"))
+    assert result.outcome == "fail"
+    for table in SEED_CHECKS["critical_tables"]:
+        assert f"{table}: no TABLE DATA" in result.message
+    assert "--schema-only" in result.message
+
+
+def test_excluded_table_data_fails(demo_db, tmp_path):
+    dump(demo_db, tmp_path / "backups", "--exclude-table-data=appointments")
+    result = run(target_for(demo_db, tmp_path / "backups"))
+    assert result.outcome == "fail"
+    assert result.observed["differences"] == [
+        "appointments: no TABLE DATA, the rows are not in the backup (a --schema-only dump, or --exclude-table-data)"
+    ]
+
+
+def test_excluded_table_fails(demo_db, tmp_path):
+    dump(demo_db, tmp_path / "backups", "-T", "contacts")
+    result = run(target_for(demo_db, tmp_path / "backups"))
+    assert result.outcome == "fail"
+    assert "contacts is not in the backup (left out with -T" in result.message
+    assert result.observed["created_after_dump"] == []
+
+
+def test_policy_dropped_before_the_dump_and_recreated_after_fails_naming_it(demo_db, tmp_path):
+    execute(demo_db, "DROP POLICY appointments_delete ON appointments")
+    dump(demo_db, tmp_path / "backups")
+    execute(demo_db, "CREATE POLICY appointments_delete ON appointments FOR DELETE USING (true)")
+    result = run(target_for(demo_db, tmp_path / "backups"))
+    assert result.outcome == "fail"
+    assert "appointments has 5 policies live, the backup 4; not in the backup: appointments_delete" in result.message
+
+
+def test_row_security_missing_from_the_dump_fails(demo_db, tmp_path):
+    execute(demo_db, "ALTER TABLE call_logs DISABLE ROW LEVEL SECURITY")
+    dump(demo_db, tmp_path / "backups")
+    execute(demo_db, "ALTER TABLE call_logs ENABLE ROW LEVEL SECURITY")
+    result = run(target_for(demo_db, tmp_path / "backups"))
+    assert result.outcome == "fail"
+    assert result.observed["differences"] == ["call_logs: no ENABLE ROW LEVEL SECURITY in the backup"]
+
+
+def test_table_created_after_the_dump_passes_and_is_mentioned(demo_db, tmp_path):
+    dump(demo_db, tmp_path / "backups")
+    execute(demo_db, "CREATE TABLE invoices (id int PRIMARY KEY)", "INSERT INTO invoices VALUES (1)")
+    checks = {**SEED_CHECKS, "critical_tables": [*SEED_CHECKS["critical_tables"], "invoices"]}
+    result = run(target_for(demo_db, tmp_path / "backups", checks))
+    assert result.outcome == "pass", result.message
+    assert "created after the dump, so not in it (fine): invoices" in result.message
+    assert result.observed["created_after_dump"] == ["invoices"]
+    # Not critical: still mentioned.
+    result = run(target_for(demo_db, tmp_path / "backups"))
+    assert result.outcome == "pass" and result.observed["created_after_dump"] == ["public.invoices"]
+
+
+def test_required_index_and_function_missing_from_the_dump_fail(demo_db, tmp_path):
+    execute(demo_db, "ALTER INDEX idx_appointments_time_range RENAME TO idx_tmp",
+            "ALTER FUNCTION cleanup_old_webhook_logs RENAME TO cleanup_tmp")
+    dump(demo_db, tmp_path / "backups")
+    execute(demo_db, "ALTER INDEX idx_tmp RENAME TO idx_appointments_time_range",
+            "ALTER FUNCTION cleanup_tmp RENAME TO cleanup_old_webhook_logs")
+    result = run(target_for(demo_db, tmp_path / "backups"))
+    assert result.outcome == "fail"
+    assert result.observed["differences"] == [
+        "index public.idx_appointments_time_range is not in the backup",
+        "function public.cleanup_old_webhook_logs is not in the backup",
+    ]
+
+
+PARTITIONED = [
+    'CREATE SCHEMA "Billing"',
+    'CREATE TABLE "Billing"."Invoices" (id int, at date NOT NULL) PARTITION BY RANGE (at)',
+    """CREATE TABLE "Billing"."Invoices 2025" PARTITION OF "Billing"."Invoices"
+       FOR VALUES FROM ('2025-01-01') TO ('2026-01-01') PARTITION BY RANGE (at)""",
+    """CREATE TABLE "Billing"."Invoices 2025 H1" PARTITION OF "Billing"."Invoices 2025"
+       FOR VALUES FROM ('2025-01-01') TO ('2025-07-01')""",
+    """CREATE TABLE "Billing"."Invoices 2025 H2" PARTITION OF "Billing"."Invoices 2025"
+       FOR VALUES FROM ('2025-07-01') TO ('2026-01-01')""",
+    """CREATE TABLE "Billing"."Invoices 2026" PARTITION OF "Billing"."Invoices"
+       FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')""",
+    """INSERT INTO "Billing"."Invoices" VALUES (1, '2025-02-01'), (2, '2025-08-01'), (3, '2026-02-01')""",
+]
+BILLING = {"critical_tables": ["Billing.Invoices"]}
+
+
+def test_partitioned_mixed_case_table_passes_with_its_leaves_data(make_db, tmp_path):
+    dsn = make_db()
+    execute(dsn, *PARTITIONED)
+    dump(dsn, tmp_path / "backups")
+    result = run(target_for(dsn, tmp_path / "backups", BILLING))
+    assert result.outcome == "pass", result.message
+    assert run_offline(target_for(dsn, tmp_path / "backups", BILLING)).outcome == "pass"
+
+
+def test_partitioned_table_fails_when_a_leafs_data_is_excluded(make_db, tmp_path):
+    dsn = make_db()
+    execute(dsn, *PARTITIONED)
+    dump(dsn, tmp_path / "backups", '--exclude-table-data="Billing"."Invoices 2025 H2"')
+    expected = 'Billing.Invoices (partition Billing.Invoices 2025 H2): no TABLE DATA, the rows are not in the backup'
+    result = run(target_for(dsn, tmp_path / "backups", BILLING))
+    assert result.outcome == "fail" and result.observed["differences"] == [expected]
+    # Without the database, the partitions are found through the archive's TABLE ATTACH entries.
+    offline = run_offline(target_for(dsn, tmp_path / "backups", BILLING))
+    assert offline.outcome == "fail" and offline.observed["differences"] == [expected]
+
+
+def test_partition_left_out_with_T_fails(make_db, tmp_path):
+    dsn = make_db()
+    execute(dsn, *PARTITIONED)
+    dump(dsn, tmp_path / "backups", '-T', '"Billing"."Invoices 2025 H1"')
+    result = run(target_for(dsn, tmp_path / "backups", BILLING))
+    assert result.outcome == "fail"
+    assert "Billing.Invoices (partition Billing.Invoices 2025 H1) is not in the backup" in result.message
+
+
+def test_without_the_database_compares_with_the_configuration(demo_db, tmp_path):
+    dump(demo_db, tmp_path / "backups")
+    result = run_offline(target_for(demo_db, tmp_path / "backups"))
+    assert result.outcome == "pass", result.message
+    assert "live policy counts and the detection of tables created after the dump were skipped" in result.message
+    assert result.expected["database"] == dbname(demo_db)  # from the DSN
+
+    dump(demo_db, tmp_path / "schema-only", "--schema-only")
+    result = run_offline(target_for(demo_db, tmp_path / "schema-only"))
+    assert result.outcome == "fail" and "appointments: no TABLE DATA" in result.message
+    wrong = run_offline(target_for(demo_db, tmp_path / "backups", database="billing"))
+    assert wrong.outcome == "fail" and "not 'billing'" in wrong.message
+
+
+def test_dsn_database_follows_libpq_defaults(monkeypatch):
+    monkeypatch.delenv("PGDATABASE", raising=False)
+    assert dsn_database("host=h dbname=app user=u") == "app"
+    assert dsn_database("postgresql://u@h/") == "u"
+    monkeypatch.setenv("PGDATABASE", "fromenv")
+    assert dsn_database("host=h user=u") == "fromenv"
+
+
+def test_not_a_pg_dump_archive_is_not_a_pass(demo_db, tmp_path):
+    dump(demo_db, tmp_path / "backups", "--schema-only").rename(tmp_path / "keep")
+    (tmp_path / "backups" / "app.sql").write_text("-- PostgreSQL database dump\n")
+    result = run(target_for(demo_db, tmp_path / "backups"))
+    assert result.outcome == "warn"
+    assert "content not verified" in result.message and "plain SQL" in result.message
+
+
+def test_damaged_table_of_contents_fails(demo_db, tmp_path):
+    path = dump(demo_db, tmp_path / "backups")
+    path.write_bytes(path.read_bytes()[:3000])
+    result = run(target_for(demo_db, tmp_path / "backups"))
+    assert result.outcome == "fail" and "cannot be read" in result.message
+
+
+def test_a_run_with_a_schema_only_dump_fails_naming_backup_content(demo_db, tmp_path):
+    dump(demo_db, tmp_path / "backups", "--schema-only")
+    result = verify_target(target_for(demo_db, tmp_path / "backups", min_size_mb=0), record_result=False)
+    assert result.status == "failure"
+    failed = [check.name for check in result.checks if check.failed]
+    assert failed == ["backup_content"], [(c.name, c.message) for c in result.checks if c.failed]
+
+
+@pytest.fixture(scope="module")
+def pg15(pg_server):
+    if not PG15_BIN.is_dir():
+        pytest.skip("Debian's PostgreSQL 15 server is not installed")
+    from tests.conftest import DEMO_SCHEMA, MIGRATIONS
+
+    cluster = Cluster(bin_dir=PG15_BIN)
+    try:
+        cluster.start()
+        execute(cluster.dsn(), "CREATE DATABASE app")
+        with psycopg.connect(cluster.dsn("app"), autocommit=True) as conn:
+            conn.execute(DEMO_SCHEMA.read_text())
+            for migration in MIGRATIONS:
+                conn.execute(migration.read_text())
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def test_postgresql_15_archive(pg15, tmp_path):
+    """Archive version 1.14, written by Debian's pg_dump 15 of a PostgreSQL 15 server."""
+    dsn = pg15.dsn("app")
+    dump(dsn, tmp_path / "backups", pg_bin_dir=PG15_BIN)
+    result = run(target_for(dsn, tmp_path / "backups"))
+    assert result.outcome == "pass", result.message
+    assert "pg_dump 15." in result.message
+    dump(dsn, tmp_path / "excluded", "--exclude-table-data=contacts", pg_bin_dir=PG15_BIN)
+    result = run(target_for(dsn, tmp_path / "excluded"))
+    assert result.outcome == "fail" and "contacts: no TABLE DATA" in result.message
