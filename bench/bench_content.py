@@ -18,8 +18,8 @@ import statistics
 import time
 from datetime import datetime, timezone
 
-from bench.bench_restore import BYTES_PER_ORDER, populate
-from bench.common import Cluster, Report, arguments, discard, fmt_ms, pg_dump, workdir, write_config
+from bench.bench_restore import shop_dump
+from bench.common import Cluster, Report, arguments, discard, fmt_ms, workdir, write_config
 from exporter.backups import source_for
 from exporter.backups.toc import read_archive_toc
 from exporter.checks.backup_content import CHECK as CONTENT
@@ -51,15 +51,8 @@ def main() -> None:
     base = workdir("content")
     cluster = Cluster(base).start()
     try:
-        orders = int(dump_mb * 1.05 * 2**20 / BYTES_PER_ORDER)
-        t = time.monotonic()
-        cluster.execute("CREATE DATABASE shop")
-        populate(cluster, "shop", orders)
-        built = time.monotonic() - t
-        backups = base / "backups"
-        backups.mkdir()
-        dump = backups / "shop.dump"
-        dump_seconds = pg_dump(cluster, "shop", dump)
+        orders, dump, built, dump_seconds = shop_dump(cluster, base, dump_mb)
+        backups = dump.parent
         dump_bytes = dump.stat().st_size
         print(f"database built in {built:.0f} s; dump {dump_bytes / 2**20:.0f} MiB in {dump_seconds:.0f} s", flush=True)
         config = write_config(base / "pgbv.yml", [{

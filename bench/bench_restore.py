@@ -85,6 +85,22 @@ def populate(cluster: Cluster, db: str, orders: int) -> None:
         conn.execute("VACUUM ANALYZE")
 
 
+def shop_dump(cluster: Cluster, base, dump_mb: float):
+    """The shop database, sized so that its custom dump is at least dump_mb MiB, dumped to
+    base/backups/shop.dump: (orders, dump path, seconds to build, seconds to dump)."""
+    # Sized from the measured dump bytes per order (customers, 3 items, 2 events) with pg_dump's
+    # default compression.
+    orders = int(dump_mb * 1.05 * 2**20 / BYTES_PER_ORDER)  # 5 % margin over the size asked
+    t = time.monotonic()
+    cluster.execute("CREATE DATABASE shop")
+    populate(cluster, "shop", orders)
+    built = time.monotonic() - t
+    backups = base / "backups"
+    backups.mkdir()
+    dump = backups / "shop.dump"
+    return orders, dump, built, pg_dump(cluster, "shop", dump)
+
+
 def raw_restore(cluster: Cluster, dump, jobs: int, n: int) -> float:
     name = f"raw_{n}"
     cluster.execute(f"CREATE DATABASE {name}")
@@ -142,17 +158,8 @@ def main() -> None:
     base = workdir("restore")
     cluster = Cluster(base, {"maintenance_work_mem": "256MB"}).start()
     try:
-        # Sized from the measured dump bytes per order (customers, 3 items, 2 events) with pg_dump's
-        # default compression.
-        orders = int(dump_mb * 1.05 * 2**20 / BYTES_PER_ORDER)  # 5 % margin over the size asked
-        t = time.monotonic()
-        cluster.execute("CREATE DATABASE shop")
-        populate(cluster, "shop", orders)
-        built = time.monotonic() - t
-        backups = base / "backups"
-        backups.mkdir()
-        dump = backups / "shop.dump"
-        dump_seconds = pg_dump(cluster, "shop", dump)
+        orders, dump, built, dump_seconds = shop_dump(cluster, base, dump_mb)
+        backups = dump.parent
         dump_bytes = dump.stat().st_size
         db_bytes = cluster.execute("SELECT pg_database_size('shop')")[0][0]
         print(f"database {db_bytes / 2**20:.0f} MiB built in {built:.0f} s; dump {dump_bytes / 2**20:.0f} MiB "

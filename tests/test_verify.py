@@ -74,16 +74,16 @@ def test_healthy_database_is_a_clean_success_and_is_recorded(demo_db, backup_dir
     assert code == 0, report
     assert report["status"] == "success"
     assert set(outcomes(report).values()) == {"pass"}
-    assert len(report["checks"]) == 15
+    assert len(report["checks"]) == 16  # backup_content is the 16th
     assert report["backup"]["id"] == "app-1.dump" and report["backup"]["size_bytes"] > 0
-    assert report["checks_passed"] == 15 and report["checks_failed"] == 0
+    assert report["checks_passed"] == 16 and report["checks_failed"] == 0
     with psycopg.connect(demo_db) as conn:
         row = conn.execute(
             "SELECT id::text, status, checks_passed, checks_failed, backup_id, error_details, verification_details"
             " FROM backup_verification_log"
         ).fetchone()
         assert row[0] == report["id"]
-        assert row[1:6] == ("success", 15, 0, "app-1.dump", None)
+        assert row[1:6] == ("success", 16, 0, "app-1.dump", None)
         assert row[6]["target"] == "app" and row[6]["row_counts"]["appointments"] == 23
         assert PASSWORD not in json.dumps(row[6])
     # The second run compares row counts with the first and still passes.

@@ -123,20 +123,29 @@ def test_excluded_table_fails(demo_db, tmp_path):
     assert result.observed["created_after_dump"] == []
 
 
+def dumped_in_between(dsn: str, folder: Path, before: list[str], after: list[str]):
+    """The check's result on a dump made while the statements of before were in force,
+    undone by those of after once the dump was written."""
+    execute(dsn, *before)
+    dump(dsn, folder)
+    execute(dsn, *after)
+    return run(target_for(dsn, folder))
+
+
 def test_policy_dropped_before_the_dump_and_recreated_after_fails_naming_it(demo_db, tmp_path):
-    execute(demo_db, "DROP POLICY appointments_delete ON appointments")
-    dump(demo_db, tmp_path / "backups")
-    execute(demo_db, "CREATE POLICY appointments_delete ON appointments FOR DELETE USING (true)")
-    result = run(target_for(demo_db, tmp_path / "backups"))
+    result = dumped_in_between(
+        demo_db, tmp_path / "backups", ["DROP POLICY appointments_delete ON appointments"],
+        ["CREATE POLICY appointments_delete ON appointments FOR DELETE USING (true)"],
+    )
     assert result.outcome == "fail"
     assert "appointments has 5 policies live, the backup 4; not in the backup: appointments_delete" in result.message
 
 
 def test_row_security_missing_from_the_dump_fails(demo_db, tmp_path):
-    execute(demo_db, "ALTER TABLE call_logs DISABLE ROW LEVEL SECURITY")
-    dump(demo_db, tmp_path / "backups")
-    execute(demo_db, "ALTER TABLE call_logs ENABLE ROW LEVEL SECURITY")
-    result = run(target_for(demo_db, tmp_path / "backups"))
+    result = dumped_in_between(
+        demo_db, tmp_path / "backups", ["ALTER TABLE call_logs DISABLE ROW LEVEL SECURITY"],
+        ["ALTER TABLE call_logs ENABLE ROW LEVEL SECURITY"],
+    )
     assert result.outcome == "fail"
     assert result.observed["differences"] == ["call_logs: no ENABLE ROW LEVEL SECURITY in the backup"]
 
@@ -155,12 +164,13 @@ def test_table_created_after_the_dump_passes_and_is_mentioned(demo_db, tmp_path)
 
 
 def test_required_index_and_function_missing_from_the_dump_fail(demo_db, tmp_path):
-    execute(demo_db, "ALTER INDEX idx_appointments_time_range RENAME TO idx_tmp",
-            "ALTER FUNCTION cleanup_old_webhook_logs RENAME TO cleanup_tmp")
-    dump(demo_db, tmp_path / "backups")
-    execute(demo_db, "ALTER INDEX idx_tmp RENAME TO idx_appointments_time_range",
-            "ALTER FUNCTION cleanup_tmp RENAME TO cleanup_old_webhook_logs")
-    result = run(target_for(demo_db, tmp_path / "backups"))
+    result = dumped_in_between(
+        demo_db, tmp_path / "backups",
+        ["ALTER INDEX idx_appointments_time_range RENAME TO idx_tmp",
+         "ALTER FUNCTION cleanup_old_webhook_logs RENAME TO cleanup_tmp"],
+        ["ALTER INDEX idx_tmp RENAME TO idx_appointments_time_range",
+         "ALTER FUNCTION cleanup_tmp RENAME TO cleanup_old_webhook_logs"],
+    )
     assert result.outcome == "fail"
     assert result.observed["differences"] == [
         "index public.idx_appointments_time_range is not in the backup",
@@ -184,18 +194,23 @@ PARTITIONED = [
 BILLING = {"critical_tables": ["Billing.Invoices"]}
 
 
-def test_partitioned_mixed_case_table_passes_with_its_leaves_data(make_db, tmp_path):
+@pytest.fixture
+def billing(make_db) -> str:
     dsn = make_db()
     execute(dsn, *PARTITIONED)
+    return dsn
+
+
+def test_partitioned_mixed_case_table_passes_with_its_leaves_data(billing, tmp_path):
+    dsn = billing
     dump(dsn, tmp_path / "backups")
     result = run(target_for(dsn, tmp_path / "backups", BILLING))
     assert result.outcome == "pass", result.message
     assert run_offline(target_for(dsn, tmp_path / "backups", BILLING)).outcome == "pass"
 
 
-def test_partitioned_table_fails_when_a_leafs_data_is_excluded(make_db, tmp_path):
-    dsn = make_db()
-    execute(dsn, *PARTITIONED)
+def test_partitioned_table_fails_when_a_leafs_data_is_excluded(billing, tmp_path):
+    dsn = billing
     dump(dsn, tmp_path / "backups", '--exclude-table-data="Billing"."Invoices 2025 H2"')
     expected = 'Billing.Invoices (partition Billing.Invoices 2025 H2): no TABLE DATA, the rows are not in the backup'
     result = run(target_for(dsn, tmp_path / "backups", BILLING))
@@ -205,9 +220,8 @@ def test_partitioned_table_fails_when_a_leafs_data_is_excluded(make_db, tmp_path
     assert offline.outcome == "fail" and offline.observed["differences"] == [expected]
 
 
-def test_partition_left_out_with_T_fails(make_db, tmp_path):
-    dsn = make_db()
-    execute(dsn, *PARTITIONED)
+def test_partition_left_out_with_T_fails(billing, tmp_path):
+    dsn = billing
     dump(dsn, tmp_path / "backups", '-T', '"Billing"."Invoices 2025 H1"')
     result = run(target_for(dsn, tmp_path / "backups", BILLING))
     assert result.outcome == "fail"
