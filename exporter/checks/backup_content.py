@@ -218,6 +218,7 @@ class _Findings:
         self.problems: list[str] = []
         self.after_dump: list[str] = []  # live, created after the dump: mentioned only
         self.after_dump_keys: set[Key] = set()
+        self.absent_keys: set[Key] = set()  # live tables already reported absent from the archive
         self.notes: list[str] = []
 
 
@@ -344,15 +345,7 @@ class BackupContentCheck(BackupCheck):
         wanted_db = self._database(ctx, archive, live.database, found)
 
         def present(table_key: Key, oid: int, shown: str) -> bool:
-            """Whether the table is in the archive; if not, a problem or a created-after note."""
-            if table_key in archive.tables:
-                return True
-            if oid > max_oid:
-                found.after_dump.append(shown)
-                found.after_dump_keys.add(table_key)
-            else:
-                found.problems.append(f"{shown} is not in the backup (left out with -T or --exclude-table?)")
-            return False
+            return self._present(archive, table_key, oid, shown, max_oid, found)
 
         for name in critical:
             table = tables.get(name)
@@ -399,10 +392,25 @@ class BackupContentCheck(BackupCheck):
         }
         return self._verdict(ctx, backup_id, archive, found, wanted_db, checked, None)
 
+    def _present(self, archive: _Archive, key: Key, oid: int, shown: str, max_oid: int, found: _Findings) -> bool:
+        """Whether the live table is in the archive; if not, a problem or a created-after
+        note (once per table: a critical table is often an RLS table too)."""
+        if key in archive.tables:
+            return True
+        if key in found.absent_keys:
+            return False
+        found.absent_keys.add(key)
+        if oid > max_oid:
+            found.after_dump.append(shown)
+            found.after_dump_keys.add(key)
+        else:
+            found.problems.append(f"{shown} is not in the backup (left out with -T or --exclude-table?)")
+        return False
+
     def _rls(self, archive: _Archive, table: Table, live_policies: set[str], max_oid: int, found: _Findings) -> None:
         key = (table.schema, table.name)
-        if key not in archive.tables:
-            return  # reported (or noted as created after the dump) with the critical tables, or not critical
+        if not self._present(archive, key, table.oid, table.requested, max_oid, found):
+            return
         if key not in archive.row_security:
             found.problems.append(f"{table.requested}: no ENABLE ROW LEVEL SECURITY in the backup")
         held = archive.policies.get(key, set())

@@ -132,6 +132,21 @@ def dumped_in_between(dsn: str, folder: Path, before: list[str], after: list[str
     return run(target_for(dsn, folder))
 
 
+def test_rls_table_left_out_fails_once_and_a_new_one_is_mentioned(demo_db, tmp_path):
+    execute(demo_db, "CREATE TABLE notes (id int)", "ALTER TABLE notes ENABLE ROW LEVEL SECURITY",
+            "CREATE POLICY notes_all ON notes USING (true)")
+    dump(demo_db, tmp_path / "backups", "-T", "notes", "-T", "contacts")
+    execute(demo_db, "CREATE TABLE later (id int)", "ALTER TABLE later ENABLE ROW LEVEL SECURITY")
+    checks = {**SEED_CHECKS, "rls_tables": ["notes", "contacts", "later"], "min_policies": {}}
+    result = run(target_for(demo_db, tmp_path / "backups", checks))
+    assert result.outcome == "fail"
+    assert result.observed["differences"] == [
+        "contacts is not in the backup (left out with -T or --exclude-table?)",
+        "notes is not in the backup (left out with -T or --exclude-table?)",
+    ]
+    assert result.observed["created_after_dump"] == ["later"]
+
+
 def test_policy_dropped_before_the_dump_and_recreated_after_fails_naming_it(demo_db, tmp_path):
     result = dumped_in_between(
         demo_db, tmp_path / "backups", ["DROP POLICY appointments_delete ON appointments"],
