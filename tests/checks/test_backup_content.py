@@ -80,6 +80,15 @@ def test_healthy_demo_dump_passes_in_every_format(demo_db, tmp_path, fmt):
     assert body["observed"]["differences"] == []
 
 
+def test_index_behind_a_primary_key_is_its_constraint_entry(demo_db, tmp_path):
+    dump(demo_db, tmp_path / "backups")
+    checks = {**SEED_CHECKS, "required_indexes": [*SEED_CHECKS["required_indexes"], "appointments_pkey"]}
+    result = run(target_for(demo_db, tmp_path / "backups", checks))
+    assert result.outcome == "pass", result.message
+    assert "3 required indexes" in result.message
+    assert run_offline(target_for(demo_db, tmp_path / "backups", checks)).outcome == "pass"
+
+
 def test_dump_of_the_wrong_database_fails_naming_both(demo_db, make_db, tmp_path):
     other = make_db(demo=True)
     dump(other, tmp_path / "backups")
