@@ -84,6 +84,11 @@ class _Archive:
         for entry in toc.entries:
             if entry.desc == "TABLE":
                 archive.tables[key(entry)] = entry.dump_id
+                # A partition (pg_dump 13 and older: CREATE TABLE ... PARTITION OF) or an
+                # inheritance child depends on its parent's TABLE entry.
+                parent = owning_table(entry)
+                if parent is not None:
+                    archive.children[key(parent)].append(key(entry))
             elif entry.desc == "TABLE DATA":
                 archive.with_data.add(key(entry))
             elif entry.desc == "ROW SECURITY":
@@ -106,7 +111,7 @@ class _Archive:
                 tables = [by_id[d] for d in entry.dependencies if d in by_id and by_id[d].desc == "TABLE"]
                 child = next((t for t in tables if key(t) == key(entry)), None)
                 for parent in tables:
-                    if child is not None and parent is not child:
+                    if child is not None and parent is not child and key(child) not in archive.children[key(parent)]:
                         archive.children[key(parent)].append(key(child))
         return archive
 
@@ -119,9 +124,10 @@ class _Archive:
         return matches[0] if matches else None
 
     def leaves(self, table: Key) -> list[Key]:
-        """The partitions under table that hold rows, as the archive knows them."""
+        """The tables whose TABLE DATA holds table's rows: itself when it has data of its
+        own or no partitions, else its partitions' leaves, as the archive knows them."""
         kids = self.children.get(table, [])
-        if not kids:
+        if not kids or table in self.with_data:
             return [table]
         return [leaf for kid in kids for leaf in self.leaves(kid)]
 
