@@ -35,6 +35,10 @@ def test_every_entry_matches_pg_restore_list(archives, fmt):
     toc = read_archive_toc(path, KINDS[fmt], timeout=30)
     assert toc.database.startswith("pgbv_test_")
     assert toc.version >= (1, 14, 0)
+    assert_matches_pg_restore_list(path, fmt, toc)
+
+
+def assert_matches_pg_restore_list(path: Path, fmt: str, toc) -> None:
     listed = _listed(path, fmt)
     entries = toc.by_id()
     # pg_restore lists in restore order and leaves out the session settings it applies

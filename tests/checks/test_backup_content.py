@@ -13,11 +13,13 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from exporter.backups import DirectoryBackupSource
+from exporter.backups.toc import read_archive_toc
 from exporter.checks import ORDER
 from exporter.checks.backup_content import CHECK, dsn_database
 from exporter.checks.base import CheckContext
 from exporter.pgtools import find_tool, run_tool
 from exporter.verify import verify_target
+from tests.backups.test_toc import assert_matches_pg_restore_list
 from tests.checks.helpers import check_once
 from tests.conftest import SEED_CHECKS, execute, make_target
 from tests.pgcluster import Cluster
@@ -321,7 +323,10 @@ def pg15(pg_server):
 def test_postgresql_15_archive(pg15, tmp_path):
     """Archive version 1.14, written by Debian's pg_dump 15 of a PostgreSQL 15 server."""
     dsn = pg15.dsn("app")
-    dump(dsn, tmp_path / "backups", pg_bin_dir=PG15_BIN)
+    path = dump(dsn, tmp_path / "backups", pg_bin_dir=PG15_BIN)
+    toc = read_archive_toc(path, "pg_dump custom", timeout=30)
+    assert toc.version == (1, 14, 0) and toc.database == "app" and toc.dumped_by.startswith("15.")
+    assert_matches_pg_restore_list(path, "custom", toc)
     result = run(target_for(dsn, tmp_path / "backups"))
     assert result.outcome == "pass", result.message
     assert "pg_dump 15." in result.message
