@@ -17,8 +17,12 @@ TocError rather than being guessed at.
 
 from __future__ import annotations
 
+import gzip
 import os
+import re
 import struct
+import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -32,6 +36,9 @@ NEWEST_VERSION = (1, 16, 0)  # pg_dump 17 and 18
 _TAR_BLOCK = 512
 # Kinds of backup (BackupInfo.kind) whose TOC this module reads.
 ARCHIVE_KINDS = ("pg_dump custom", "pg_dump directory", "pg_dump tar")
+# Plain SQL scripts carry the same entries as comments ("-- Name: x; Type: TABLE; ..."),
+# without OIDs or dependencies, and name their database only when dumped with -C.
+PLAIN_KINDS = ("plain SQL", "plain SQL gzip")
 # Large objects carry OIDs a user may choose (lo_create(123456789)): they say nothing
 # about when the archive was made, so they are left out of max_oid.
 _USER_CHOSEN_OIDS = ("BLOB", "BLOBS", "BLOB METADATA", "LARGE OBJECT")
@@ -66,6 +73,7 @@ class ArchiveToc:
     dumped_by: str | None  # pg_dump's version, e.g. "18.1"
     server: str | None  # the dumped server's version
     entries: tuple[TocEntry, ...]
+    has_oids: bool = True  # False for a plain SQL script: every OID is 0
 
     def by_id(self) -> dict[int, TocEntry]:
         return {entry.dump_id: entry for entry in self.entries}
@@ -74,10 +82,12 @@ class ArchiveToc:
         return [entry for entry in self.entries if entry.desc in descs]
 
     @property
-    def max_oid(self) -> int:
+    def max_oid(self) -> int | None:
         """The greatest catalog OID among the archive's objects: every object created
         after the dump started has a greater one, as long as the OID counter has not
-        wrapped around (see exporter/checks/backup_content.py)."""
+        wrapped around (see exporter/checks/backup_content.py). None without OIDs."""
+        if not self.has_oids:
+            return None
         return max((e.oid for e in self.entries if e.desc not in _USER_CHOSEN_OIDS), default=0)
 
     def member_name(self, entry: TocEntry, table: TocEntry) -> str:
@@ -285,3 +295,88 @@ def read_archive_toc(path: Path, kind: str, timeout: float) -> ArchiveToc:
             raise BackupSourceError(f"cannot read {os.fspath(exc.filename or path)}: {exc.strerror or exc}") from None
 
     return call_with_timeout(read, timeout, f"reading the table of contents of {path}")
+
+
+# --- plain SQL ------------------------------------------------------------------------
+
+# _printTocEntry() of pg_backup_archiver.c: "-- [Data for ]Name: <tag>; Type: <desc>;
+# Schema: <schema or ->; Owner: <owner or ->[; Tablespace: <t>]", names with line breaks
+# flattened. The kinds are upper-case words, which keeps a "; " inside a name harmless.
+_PLAIN_ENTRY = re.compile(
+    r"^-- (?:Data for )?Name: (?P<tag>.*); Type: (?P<desc>[A-Z][A-Z ]*[A-Z]); Schema: (?P<schema>.*?); "
+    r"Owner: (?P<owner>.*?)(?:; Tablespace: .*)?$"
+)
+_PLAIN_COPY = re.compile(r"^COPY .* FROM stdin;$")
+# pg_dump -C: `\connect -reuse-previous=on "dbname='app'"` (older: `\connect app`).
+_PLAIN_CONNECT = re.compile(r"""^\\connect (?:-reuse-previous=on "dbname='(?P<quoted>(?:[^']|'')*)'"|(?P<bare>\S+))""")
+_PLAIN_VERSIONS = re.compile(r"^-- Dumped (?P<what>from database|by pg_dump) version (?P<version>\S+)")
+
+
+def _plain_entries(lines, deadline: float) -> ArchiveToc:
+    entries: list[TocEntry] = []
+    database = server = dumped_by = None
+    in_copy = False
+    for number, raw in enumerate(lines):
+        if number % 10_000 == 0 and time.monotonic() > deadline:
+            # Stops a read that is making progress; call_with_timeout gives up on a stuck one.
+            raise BackupSourceError("timed out")
+        line = raw.decode("utf-8", "replace").rstrip("\r\n")
+        if in_copy:
+            # COPY data is the table's rows: a row may read like a comment.
+            in_copy = line != "\\."
+            continue
+        if _PLAIN_COPY.match(line):
+            in_copy = True
+        elif line.startswith("-- "):
+            if match := _PLAIN_ENTRY.match(line):
+                schema = None if match["schema"] == "-" else match["schema"]
+                owner = None if match["owner"] == "-" else match["owner"]
+                entries.append(TocEntry(len(entries) + 1, 0, 0, match["desc"], schema, match["tag"], owner, ()))
+            elif match := _PLAIN_VERSIONS.match(line):
+                if match["what"] == "by pg_dump":
+                    dumped_by = match["version"]
+                else:
+                    server = match["version"]
+        elif line.startswith("\\connect ") and (match := _PLAIN_CONNECT.match(line)):
+            database = match["quoted"].replace("''", "'") if match["quoted"] is not None else match["bare"]
+    return ArchiveToc((0, 0, 0), database, dumped_by, server, tuple(_with_tables(entries)), has_oids=False)
+
+
+def _with_tables(entries: list[TocEntry]) -> list[TocEntry]:
+    """Plain entries get the dependency the check needs: a policy's or constraint's
+    table, whose name begins its tag ("<table> <name>"; the longest such table wins)."""
+    tables = {(e.schema, e.tag): e.dump_id for e in entries if e.desc == "TABLE"}
+    out = []
+    for entry in entries:
+        if entry.desc in ("POLICY", "CONSTRAINT", "FK CONSTRAINT") and " " in entry.tag:
+            owners = [(len(tag), dump_id) for (schema, tag), dump_id in tables.items()
+                      if schema == entry.schema and entry.tag.startswith(tag + " ")]
+            if owners:
+                entry = TocEntry(entry.dump_id, 0, 0, entry.desc, entry.schema, entry.tag, entry.owner,
+                                 (max(owners)[1],))
+        out.append(entry)
+    return out
+
+
+def read_plain_toc(path: Path, compressed: bool, timeout: float) -> ArchiveToc:
+    """The entries of a plain SQL dump (gzip-compressed when compressed), from the comment
+    pg_dump writes above each object. This reads the whole script: a full read, where
+    an archive's TOC costs kilobytes. Raises TocError for a corrupt gzip stream and
+    BackupSourceError when the file cannot be read or the read timed out."""
+
+    deadline = time.monotonic() + timeout
+
+    def read() -> ArchiveToc:
+        try:
+            with open(path, "rb") as raw:
+                stream = gzip.GzipFile(fileobj=raw) if compressed else raw
+                with stream:
+                    return _plain_entries(stream, deadline)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+            raise TocError(f"{path}: the gzip stream is damaged ({exc})") from None
+        except FileNotFoundError:
+            raise BackupSourceError(f"{path} is gone since it was listed (rotated away?)") from None
+        except OSError as exc:
+            raise BackupSourceError(f"cannot read {os.fspath(exc.filename or path)}: {exc.strerror or exc}") from None
+
+    return call_with_timeout(read, timeout, f"reading the SQL of {path}")

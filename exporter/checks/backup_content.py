@@ -41,7 +41,7 @@ from typing import ClassVar
 from psycopg.conninfo import conninfo_to_dict
 
 from exporter.backups.base import BackupSourceError
-from exporter.backups.toc import ARCHIVE_KINDS, ArchiveToc, TocError, read_archive_toc
+from exporter.backups.toc import ARCHIVE_KINDS, PLAIN_KINDS, ArchiveToc, TocError, read_archive_toc, read_plain_toc
 from exporter.catalog import Table, counted, find_functions, find_indexes, listing, split_name
 from exporter.checks.backup_age import BackupCheck
 from exporter.checks.base import CheckContext
@@ -50,6 +50,8 @@ from exporter.config import TargetConfig
 from exporter.redact import scrub
 from exporter.result import CheckResult
 
+# The greatest OID: "created after" a dump without OIDs matches nothing.
+NO_OID_ABOVE = 2**32 - 1
 # How many tables created after the dump are named in the message; the rest are counted.
 MAX_NAMED = 10
 _FUNCTION_DESCS = ("FUNCTION", "PROCEDURE", "AGGREGATE")
@@ -244,7 +246,7 @@ class BackupContentCheck(BackupCheck):
         if problem is not None:
             return problem
         info = ctx.backup.info
-        if info.kind not in ARCHIVE_KINDS:
+        if info.kind not in ARCHIVE_KINDS + PLAIN_KINDS:
             # Not a pass: nothing was compared. A warning, like backup_readable's for a
             # kind it has no reader for.
             return self.warned(
@@ -255,7 +257,10 @@ class BackupContentCheck(BackupCheck):
         path = Path(info.location) if info.location else Path(ctx.target.backup.path) / info.id
         secrets = ctx.target.secrets()
         try:
-            toc = read_archive_toc(path, info.kind, ctx.target.backup.timeout_seconds)
+            if info.kind in PLAIN_KINDS:
+                toc = read_plain_toc(path, info.kind == "plain SQL gzip", ctx.target.backup.timeout_seconds)
+            else:
+                toc = read_archive_toc(path, info.kind, ctx.target.backup.timeout_seconds)
         except TocError as exc:
             return self.failed(
                 f"the table of contents of {info.id} cannot be read: {scrub(str(exc), secrets)}",
@@ -275,7 +280,9 @@ class BackupContentCheck(BackupCheck):
 
     def _database(self, ctx: CheckContext, archive: _Archive, live_name: str | None, found: _Findings) -> str:
         wanted = ctx.target.backup.database or live_name or dsn_database(ctx.target.dsn)
-        if archive.toc.database != wanted:
+        if archive.toc.database is None:
+            found.notes.append("the plain SQL dump does not name its database (dumped without -C): name not compared")
+        elif archive.toc.database != wanted:
             why = "backup.database" if ctx.target.backup.database else "the target's database"
             found.problems.append(
                 f"the archive is a dump of database {archive.toc.database!r}, not {wanted!r} ({why}); "
@@ -294,6 +301,8 @@ class BackupContentCheck(BackupCheck):
                  checked: dict[str, list[str]], skipped: str | None) -> CheckResult:
         toc = archive.toc
         origin = f"pg_dump {toc.dumped_by}" if toc.dumped_by else "pg_dump"
+        if toc.database is not None:
+            origin += f" of database {toc.database!r}"
         observed = {
             "database": toc.database,
             "entries": len(toc.entries),
@@ -310,7 +319,7 @@ class BackupContentCheck(BackupCheck):
             tail += f"; {skipped}"
         if found.problems:
             return self.failed(
-                f"{backup_id} ({origin} of database {toc.database!r}) lacks what the database holds: "
+                f"{backup_id} ({origin}) lacks what the database holds: "
                 + "; ".join(found.problems) + tail,
                 observed, expected,
             )
@@ -322,7 +331,7 @@ class BackupContentCheck(BackupCheck):
         if checked.get("required_functions"):
             held.append(counted(len(checked["required_functions"]), "required function"))
         return self.passed(
-            f"{backup_id} ({origin} of database {toc.database!r}, {len(toc.entries)} TOC entries) holds "
+            f"{backup_id} ({origin}, {len(toc.entries)} {'TOC' if toc.has_oids else 'SQL'} entries) holds "
             + ", ".join(held) + tail,
             observed, expected,
         )
@@ -345,9 +354,14 @@ class BackupContentCheck(BackupCheck):
             partitioned=[tables[n].oid for n in critical if n in tables and tables[n].kind == "p"],
             rls=[t.oid for t in rls_live],
             indexes=list(index_keys.values()), functions=list(function_keys.values()),
-            max_oid=max_oid,
+            # No OIDs (a plain dump): no table counts as created after it.
+            max_oid=NO_OID_ABOVE if max_oid is None else max_oid,
         )
         found = _Findings()
+        if max_oid is None:
+            found.notes.append(
+                "a plain SQL dump carries no OIDs: objects created after it cannot be told apart and count as missing"
+            )
         wanted_db = self._database(ctx, archive, live.database, found)
 
         def present(table_key: Key, oid: int, shown: str) -> bool:
@@ -398,7 +412,8 @@ class BackupContentCheck(BackupCheck):
         }
         return self._verdict(ctx, backup_id, archive, found, wanted_db, checked, None)
 
-    def _present(self, archive: _Archive, key: Key, oid: int, shown: str, max_oid: int, found: _Findings) -> bool:
+    def _present(self, archive: _Archive, key: Key, oid: int, shown: str, max_oid: int | None,
+                 found: _Findings) -> bool:
         """Whether the live table is in the archive; if not, a problem or a created-after
         note (once per table: a critical table is often an RLS table too)."""
         if key in archive.tables:
@@ -406,14 +421,15 @@ class BackupContentCheck(BackupCheck):
         if key in found.absent_keys:
             return False
         found.absent_keys.add(key)
-        if oid > max_oid:
+        if max_oid is not None and oid > max_oid:
             found.after_dump.append(shown)
             found.after_dump_keys.add(key)
         else:
             found.problems.append(f"{shown} is not in the backup (left out with -T or --exclude-table?)")
         return False
 
-    def _rls(self, archive: _Archive, table: Table, live_policies: set[str], max_oid: int, found: _Findings) -> None:
+    def _rls(self, archive: _Archive, table: Table, live_policies: set[str], max_oid: int | None,
+             found: _Findings) -> None:
         key = (table.schema, table.name)
         if not self._present(archive, key, table.oid, table.requested, max_oid, found):
             return
@@ -433,11 +449,11 @@ class BackupContentCheck(BackupCheck):
                 f"backup only: {listing(extra)})"
             )
 
-    def _required(self, archive_keys: set[Key], key: Key, oid: int | None, what: str, max_oid: int,
+    def _required(self, archive_keys: set[Key], key: Key, oid: int | None, what: str, max_oid: int | None,
                   found: _Findings) -> None:
         if key in archive_keys:
             return
-        if oid is not None and oid > max_oid:
+        if oid is not None and max_oid is not None and oid > max_oid:
             found.after_dump.append(f"{what} {_shown(key)}")
         else:
             found.problems.append(f"{what} {_shown(key)} is not in the backup")

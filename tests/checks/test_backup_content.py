@@ -5,6 +5,8 @@ missing), each failing with the object named; a healthy dump passes in every for
 
 from __future__ import annotations
 
+import gzip
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,8 +27,8 @@ from tests.conftest import SEED_CHECKS, execute, make_target
 from tests.pgcluster import Cluster
 
 PG15_BIN = Path("/usr/lib/postgresql/15/bin")
-FLAGS = {"custom": "-Fc", "directory": "-Fd", "tar": "-Ft"}
-NAMES = {"custom": "app.dump", "directory": "app.dir", "tar": "app.tar"}
+FLAGS = {"custom": "-Fc", "directory": "-Fd", "tar": "-Ft", "plain": "-Fp"}
+NAMES = {"custom": "app.dump", "directory": "app.dir", "tar": "app.tar", "plain": "app.sql"}
 
 
 def dump(dsn: str, folder: Path, *extra: str, fmt: str = "custom", pg_bin_dir: Path | None = None) -> Path:
@@ -69,7 +71,7 @@ def test_registered_after_backup_readable_and_runs_without_the_database(tmp_path
     assert not CHECK.applies(make_target("dbname=x"))
 
 
-@pytest.mark.parametrize("fmt", list(FLAGS))
+@pytest.mark.parametrize("fmt", ["custom", "directory", "tar"])
 def test_healthy_demo_dump_passes_in_every_format(demo_db, tmp_path, fmt):
     dump(demo_db, tmp_path / "backups", fmt=fmt)
     result = run(target_for(demo_db, tmp_path / "backups"))
@@ -278,12 +280,45 @@ def test_dsn_database_follows_libpq_defaults(monkeypatch):
     assert dsn_database("host=h user=u") == "fromenv"
 
 
-def test_not_a_pg_dump_archive_is_not_a_pass(demo_db, tmp_path):
-    dump(demo_db, tmp_path / "backups", "--schema-only").rename(tmp_path / "keep")
-    (tmp_path / "backups" / "app.sql").write_text("-- PostgreSQL database dump\n")
+def test_not_a_pg_dump_is_not_a_pass(demo_db, tmp_path):
+    (tmp_path / "backups").mkdir()
+    (tmp_path / "backups" / "app.bin").write_bytes(b"\0" * 100)
     result = run(target_for(demo_db, tmp_path / "backups"))
     assert result.outcome == "warn"
-    assert "content not verified" in result.message and "plain SQL" in result.message
+    assert "content not verified" in result.message and "is a file" in result.message
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_plain_sql_dump_is_read_from_its_comments(demo_db, tmp_path, compressed):
+    path = dump(demo_db, tmp_path / "backups", fmt="plain")
+    if compressed:
+        with open(path, "rb") as src, gzip.open(path.with_suffix(".sql.gz"), "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        path.unlink()
+    result = run(target_for(demo_db, tmp_path / "backups"))
+    assert result.outcome == "pass", result.message
+    assert "7 critical tables with their data" in result.message and "every live policy of 7 tables" in result.message
+    assert "does not name its database (dumped without -C)" in result.message
+
+
+def test_plain_sql_dump_faults_fail(demo_db, tmp_path):
+    # A row that reads like pg_dump's comment is data, not an entry.
+    execute(demo_db, "DROP POLICY appointments_delete ON appointments", "CREATE TABLE notes (body text)",
+            "INSERT INTO notes VALUES ('first'), ('-- Data for Name: contacts; Type: TABLE DATA; Schema: public; "
+            "Owner: postgres')")
+    dump(demo_db, tmp_path / "backups", "-C", "--exclude-table-data=contacts", fmt="plain")
+    execute(demo_db, "CREATE POLICY appointments_delete ON appointments FOR DELETE USING (true)",
+            "CREATE TABLE later (id int)")
+    checks = {**SEED_CHECKS, "critical_tables": [*SEED_CHECKS["critical_tables"], "later"]}
+    result = run(target_for(demo_db, tmp_path / "backups", checks))
+    assert result.outcome == "fail"
+    assert result.observed["database"] == dbname(demo_db), result.message  # from \connect, written by -C
+    assert result.observed["differences"] == [
+        "contacts: no TABLE DATA, the rows are not in the backup (a --schema-only dump, or --exclude-table-data)",
+        "later is not in the backup (left out with -T or --exclude-table?)",
+        "appointments has 5 policies live, the backup 4; not in the backup: appointments_delete",
+    ]
+    assert "carries no OIDs" in result.message
 
 
 def test_damaged_table_of_contents_fails(demo_db, tmp_path):
