@@ -297,7 +297,7 @@ class BackupContentCheck(BackupCheck):
                 where = "" if leaf == key else f" (partition {_shown(leaf)})"
                 found.problems.append(f"{shown}{where}: no TABLE DATA, the rows are not in the backup")
 
-    def _verdict(self, ctx, backup_id: str, archive: _Archive, found: _Findings, wanted_db: str,
+    def _verdict(self, backup_id: str, archive: _Archive, found: _Findings, wanted_db: str,
                  checked: dict[str, list[str]], skipped: str | None) -> CheckResult:
         toc = archive.toc
         origin = f"pg_dump {toc.dumped_by}" if toc.dumped_by else "pg_dump"
@@ -323,16 +323,21 @@ class BackupContentCheck(BackupCheck):
                 + "; ".join(found.problems) + tail,
                 observed, expected,
             )
-        held = [counted(len(checked["critical_tables"]), "critical table") + " with their data"]
+        held = []
+        if checked["critical_tables"]:
+            held.append(counted(len(checked["critical_tables"]), "critical table") + " with their data")
         if checked.get("rls_tables"):
             held.append(f"row-level security and every live policy of {counted(len(checked['rls_tables']), 'table')}")
         if checked.get("required_indexes"):
             held.append(counted(len(checked["required_indexes"]), "required index", "required indexes"))
         if checked.get("required_functions"):
             held.append(counted(len(checked["required_functions"]), "required function"))
+        what = (
+            "holds " + ", ".join(held) if held
+            else "is a dump of this database (no critical tables, required indexes or functions configured to look for)"
+        )
         return self.passed(
-            f"{backup_id} ({origin}, {len(toc.entries)} {'TOC' if toc.has_oids else 'SQL'} entries) holds "
-            + ", ".join(held) + tail,
+            f"{backup_id} ({origin}, {len(toc.entries)} {'TOC' if toc.has_oids else 'SQL'} entries) {what}" + tail,
             observed, expected,
         )
 
@@ -390,16 +395,15 @@ class BackupContentCheck(BackupCheck):
         for table in rls_live:
             self._rls(archive, table, live.policies.get(table.oid, set()), max_oid, found)
 
-        for name, key in index_keys.items():
-            self._required(archive.indexes, key, live.index_oids.get(key), "index", max_oid, found)
-        for name in checks.required_indexes:
-            if name not in indexes and archive.find(archive.indexes, name) is None:
-                found.problems.append(f"index {name} is not in the backup (nor in the database)")
-        for name, key in function_keys.items():
-            self._required(archive.functions, key, live.function_oids.get(key), "function", max_oid, found)
-        for name in checks.required_functions:
-            if name not in functions and archive.find(archive.functions, name) is None:
-                found.problems.append(f"function {name} is not in the backup (nor in the database)")
+        for what, names, resolved, oids, keys in (
+            ("index", checks.required_indexes, index_keys, live.index_oids, archive.indexes),
+            ("function", checks.required_functions, function_keys, live.function_oids, archive.functions),
+        ):
+            for name in dict.fromkeys(names):
+                if name in resolved:
+                    self._required(keys, resolved[name], oids.get(resolved[name]), what, max_oid, found)
+                elif archive.find(keys, name) is None:
+                    found.problems.append(f"{what} {name} is not in the backup (nor in the database)")
 
         found.after_dump.extend(_shown(k) for k in live.new_tables[:MAX_NAMED] if k not in found.after_dump_keys)
         if len(live.new_tables) > MAX_NAMED:
@@ -410,7 +414,7 @@ class BackupContentCheck(BackupCheck):
             "required_indexes": list(dict.fromkeys(checks.required_indexes)),
             "required_functions": list(dict.fromkeys(checks.required_functions)),
         }
-        return self._verdict(ctx, backup_id, archive, found, wanted_db, checked, None)
+        return self._verdict(backup_id, archive, found, wanted_db, checked, None)
 
     def _present(self, archive: _Archive, key: Key, oid: int, shown: str, max_oid: int | None,
                  found: _Findings) -> bool:
@@ -488,7 +492,7 @@ class BackupContentCheck(BackupCheck):
             "the database was not reachable: compared with the configuration only, the live policy counts "
             "and the detection of tables created after the dump were skipped"
         )
-        return self._verdict(ctx, backup_id, archive, found, wanted_db, checked, skipped)
+        return self._verdict(backup_id, archive, found, wanted_db, checked, skipped)
 
 
 CHECK = BackupContentCheck()

@@ -93,6 +93,15 @@ def test_index_behind_a_primary_key_is_its_constraint_entry(demo_db, tmp_path):
     assert run_offline(target_for(demo_db, tmp_path / "backups", checks)).outcome == "pass"
 
 
+def test_with_nothing_to_look_for_it_still_compares_the_name(demo_db, make_db, tmp_path):
+    dump(demo_db, tmp_path / "backups")
+    result = run(target_for(demo_db, tmp_path / "backups", {}))
+    assert result.outcome == "pass", result.message
+    assert "is a dump of this database (no critical tables" in result.message
+    other = make_db()
+    assert run(target_for(other, tmp_path / "backups", {})).outcome == "fail"
+
+
 def test_dump_of_the_wrong_database_fails_naming_both(demo_db, make_db, tmp_path):
     other = make_db(demo=True)
     dump(other, tmp_path / "backups")
