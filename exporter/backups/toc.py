@@ -25,7 +25,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from exporter.backups.base import BackupSourceError
 from exporter.backups.directory import call_with_timeout
@@ -54,8 +54,7 @@ class TocError(Exception):
     cannot be known, and a restore of it would fail."""
 
 
-@dataclass(frozen=True)
-class TocEntry:
+class TocEntry(NamedTuple):  # a tuple: 30,000 of them are built per 10,000 tables
     dump_id: int
     catalog: int  # the OID of the system catalog the object lives in (0 for data entries)
     oid: int  # the object's OID in that catalog; a TABLE DATA entry carries its table's
