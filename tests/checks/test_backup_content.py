@@ -259,6 +259,23 @@ def test_partitioned_table_fails_when_a_leafs_data_is_excluded(billing, tmp_path
     assert offline.outcome == "fail" and offline.observed["differences"] == [expected]
 
 
+def test_partitioned_pgbench_database_passes(make_db, tmp_path):
+    """No false alarm on a pgbench database (pgbench_accounts in 3 range partitions)."""
+    dsn = make_db()
+    with psycopg.connect(dsn) as conn:
+        version = conn.info.server_version
+    run_tool(find_tool("pgbench", version), ["-i", "-s", "1", "--partitions=3", "-q", dsn], timeout=300)
+    dump(dsn, tmp_path / "backups")
+    tables = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers", "pgbench_history"]
+    result = run(target_for(dsn, tmp_path / "backups", {"critical_tables": tables, "rls_tables": []}))
+    assert result.outcome == "pass", result.message
+    dump(dsn, tmp_path / "excluded", "--exclude-table-data=pgbench_accounts_2")
+    result = run(target_for(dsn, tmp_path / "excluded", {"critical_tables": tables}))
+    assert result.observed["differences"] == [
+        "pgbench_accounts (partition public.pgbench_accounts_2): no TABLE DATA, the rows are not in the backup"
+    ]
+
+
 def test_partition_left_out_with_T_fails(billing, tmp_path):
     dsn = billing
     dump(dsn, tmp_path / "backups", '-T', '"Billing"."Invoices 2025 H1"')
