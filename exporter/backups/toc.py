@@ -12,7 +12,10 @@ names with spaces or line breaks come back whole, and entries keep their
 dependencies, which say which table a policy or a constraint belongs to. The layout
 follows ReadHead() and ReadToc() of PostgreSQL's pg_backup_archiver.c for archive
 versions 1.12 to 1.16 (pg_dump 9.6 to 18); an older or newer archive raises
-TocError rather than being guessed at.
+BackupSourceError (pgbv cannot tell) rather than being guessed at.
+
+A plain SQL dump has no TOC; read_plain_toc builds one from the comment pg_dump
+writes above each object, at the cost of reading the whole script.
 """
 
 from __future__ import annotations
