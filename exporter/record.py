@@ -108,6 +108,36 @@ def last_good_drill(conn: psycopg.Connection, target: str):
     return row[0] if row else None
 
 
+# How many of the target's newest rows recorded_backup_sizes reads: a bound on the
+# documents opened (hourly runs over daily backups: about eight days of them).
+RECENT_ROWS_FOR_SIZES = 200
+
+
+def recorded_backup_sizes(conn: psycopg.Connection, target: str, kind: str, newest_id: str, limit: int) -> list[int]:
+    """Sizes of the backups of this kind that earlier runs of the target recorded, one
+    per backup id (its latest record), newest first, at most limit, newest_id left out.
+    Reads only the target's RECENT_ROWS_FOR_SIZES newest rows, through the target index."""
+    rows = conn.execute(
+        f"""
+        SELECT size FROM (
+            SELECT DISTINCT ON (backup->>'id') backup->>'id' AS id, (backup->>'size_bytes')::numeric::bigint AS size, verified_at
+            FROM (
+                SELECT verified_at, verification_details->'backup' AS backup
+                FROM backup_verification_log
+                WHERE {TARGET_OF} = %(target)s
+                ORDER BY verified_at DESC LIMIT {RECENT_ROWS_FOR_SIZES}
+            ) AS recent
+            WHERE jsonb_typeof(backup) = 'object' AND jsonb_typeof(backup->'size_bytes') = 'number'
+              AND backup->>'kind' = %(kind)s AND backup->>'id' <> %(newest)s
+            ORDER BY backup->>'id', verified_at DESC
+        ) AS per_backup
+        ORDER BY verified_at DESC LIMIT %(limit)s
+        """,
+        {"target": target, "kind": kind, "newest": newest_id, "limit": limit},
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
 HISTORY_COLUMNS = (
     "id", "verified_at", "status", "backup_id", "backup_age_hours", "backup_size_mb",
     "checks_passed", "checks_failed", "error_details", "verification_details",

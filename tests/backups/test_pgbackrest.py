@@ -423,7 +423,7 @@ def test_verify_runs_under_the_timeout_too(tmp_path):
     binary = stand_in(tmp_path, stdout, stderr, sleep=30)
     info = parse_info(INFO_FULL_INCR, STANZA)
     with pytest.raises(BackupSourceError, match=r"^pgbackrest verify: pgbackrest timed out after 0.5 s"):
-        PgBackRestSource(config(binary, timeout_seconds=0.5, verify=True)).verify_readable(info, 150000)
+        PgBackRestSource(config(binary, timeout_seconds=0.5, verify_every_days=1)).verify_readable(info, 150000)
 
 
 def test_missing_binary_is_an_error(tmp_path):
@@ -485,7 +485,7 @@ def test_the_example_is_valid_and_builds_this_source():
 
 def test_registered_as_a_source(tmp_path):
     assert SOURCES["pgbackrest"] is PgBackRestSource
-    source = source_for(config("pgbackrest", verify=True))
+    source = source_for(config("pgbackrest", verify_every_days=1))
     assert isinstance(source, PgBackRestSource) and source.checks_readable()
     assert not PgBackRestSource(config("pgbackrest")).checks_readable()
 
@@ -497,7 +497,7 @@ def _verify(tmp_path, case: str, info_text: str = INFO_FULL_INCR, exit_code: int
     stdout, stderr = VERIFY[case]
     binary = stand_in(tmp_path, stdout, stderr, exit_code=exit_code)
     info = parse_info(info_text, STANZA)
-    return PgBackRestSource(config(binary, verify=True)).verify_readable(info, 150000)
+    return PgBackRestSource(config(binary, verify_every_days=1)).verify_readable(info, 150000)
 
 
 def test_verify_of_a_good_repository_says_what_it_proved(tmp_path):
@@ -585,7 +585,7 @@ def test_verify_non_zero_exit_is_an_error(tmp_path):
     binary = stand_in(tmp_path, "", _BEGIN + "ERROR: [032]: key '7' is not valid for 'repo' option\n", exit_code=32)
     info = parse_info(INFO_FULL_INCR, STANZA)
     with pytest.raises(BackupSourceError) as caught:
-        PgBackRestSource(config(binary, verify=True)).verify_readable(info, 150000)
+        PgBackRestSource(config(binary, verify_every_days=1)).verify_readable(info, 150000)
     assert str(caught.value) == "pgbackrest verify: exited with code 32: ERROR: [032]: key '7' is not valid for 'repo' option"
 
 
@@ -593,7 +593,7 @@ def test_verify_without_a_result_is_an_error(tmp_path):
     binary = stand_in(tmp_path, "something else entirely\n", "")
     info = parse_info(INFO_FULL_INCR, STANZA)
     with pytest.raises(BackupSourceError, match=r"printed no result \(no 'status:' line\); it said: something else"):
-        PgBackRestSource(config(binary, verify=True)).verify_readable(info, 150000)
+        PgBackRestSource(config(binary, verify_every_days=1)).verify_readable(info, 150000)
 
 
 def test_verify_that_does_not_list_the_backup_is_an_error(tmp_path):
@@ -759,7 +759,7 @@ def test_real_repository_invalid_option_is_an_error(real_repo, as_postgres_wrapp
 
 
 def test_real_verify_of_a_good_repository(real_repo, as_postgres_wrapper):
-    source = _real_source(real_repo, as_postgres_wrapper, verify=True)
+    source = _real_source(real_repo, as_postgres_wrapper, verify_every_days=1)
     info = source.latest()
     started = time.monotonic()
     message = source.verify_readable(info, 150000)
@@ -772,7 +772,7 @@ def test_real_verify_of_a_good_repository(real_repo, as_postgres_wrapper):
 def _damaged(real_repo: Repo, wrapper: Path, damage) -> tuple[BackupInfo, str]:
     copy_ = real_repo.copy()
     try:
-        source = _real_source(copy_, wrapper, verify=True)
+        source = _real_source(copy_, wrapper, verify_every_days=1)
         info = source.latest()
         what = damage(copy_, info)
         started = time.monotonic()
