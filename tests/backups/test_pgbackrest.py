@@ -306,6 +306,32 @@ def test_backups_without_error_flag_count_as_good():
     assert parse_info(json.dumps(data), "demo").id == "20261127-174243F_20261127-174259I"
 
 
+def test_previous_sizes_are_those_of_the_same_type_in_the_same_repository():
+    data = _info_data()
+    full, incr = data[0]["backup"]
+    # The newest is an incremental, the only one: nothing of its type before it.
+    assert parse_info(json.dumps(data), "demo").previous_sizes == ()
+
+    def backup(label, kind, stop, size, repo=1, error=False):
+        raw = json.loads(json.dumps(full if kind == "full" else incr))
+        raw.update(label=label, type=kind, error=error)
+        raw["timestamp"] = {"start": stop - 10, "stop": stop}
+        raw["info"]["repository"]["size"] = size
+        raw["database"]["repo-key"] = repo
+        return raw
+
+    stop = full["timestamp"]["stop"]
+    data[0]["backup"] = [
+        backup("A", "full", stop - 300, 100), backup("B", "full", stop - 200, 200),
+        backup("C", "full", stop - 150, 999, error=True),  # failed: not a backup to compare with
+        backup("D", "full", stop - 100, 777, repo=2),  # another repository's copy
+        backup("E", "diff", stop - 50, 50), backup("F", "full", stop, 40),
+    ]
+    data[0]["repo"].append({"cipher": "none", "key": 2, "status": {"code": 0, "message": "ok"}})
+    info = parse_info(json.dumps(data), "demo")
+    assert (info.id, info.previous_sizes) == ("F", (200, 100))
+
+
 def test_newest_is_by_stop_time_not_by_list_order():
     data = _info_data()
     data[0]["backup"].reverse()
