@@ -8,9 +8,10 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,10 @@ import pytest
 from exporter.backups import SOURCES, source_for
 from exporter.backups.base import BackupSourceError, BackupUnreadable, NoBackupFound
 from exporter.backups.pgbackrest import PgBackRestSource, judge_verify, parse_info, parse_verify
-from exporter.config import PgBackRestBackup, load_settings
+from exporter.config import ConfigError, PgBackRestBackup, load_settings
 from exporter.result import BackupInfo
+from exporter.verify import verify_target
+from tests.conftest import make_target
 from tests.pgcluster import Cluster
 
 from tests.backups.test_command import FIXTURES, wait_dead  # noqa: E402 - the byte-exact copies in tests/fixtures
@@ -863,3 +866,124 @@ def test_real_verify_fails_when_the_backups_wal_is_gone(real_repo, as_postgres_w
 
     info, message = _damaged(real_repo, as_postgres_wrapper, delete_wal)
     assert f"needed to make backup {info.id} consistent, is missing from archive 15-1" in message
+
+
+# --- verify on a cadence (verify_every_days), through real runs ----------------------------
+
+
+def _flip_a_byte(repo: Repo, label: str) -> tuple[Path, bytes]:
+    """Corrupt the largest file of backup label; returns it and its good bytes."""
+    victim = _largest_file(repo.backup_dir(label) / "pg_data")
+    good = victim.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    return victim, good
+
+
+def _cadence_target(demo_db: str, where: Repo, wrapper: Path, **backup):
+    # The default configuration: no verify_every_days unless a test says so.
+    return make_target(demo_db, checks={}, backup={
+        "source": "pgbackrest", "stanza": STANZA, "config_file": str(where.conf), "binary": str(wrapper),
+        "timeout_seconds": 300, **backup,
+    })
+
+
+def _readable(target, at: datetime, **kwargs):
+    started = time.monotonic()
+    result = verify_target(target, now=at, **kwargs)
+    assert result.record_error is None, result.record_error
+    check = result.check("backup_readable")
+    print(f"\n{at.isoformat()} {kwargs} ({time.monotonic() - started:.2f}s): {check and check.outcome}: {check and check.message}")
+    return result, check
+
+
+def test_real_verify_on_a_cadence_by_default(real_repo, as_postgres_wrapper, demo_db):
+    copy_ = real_repo.copy()
+    try:
+        target = _cadence_target(demo_db, copy_, as_postgres_wrapper)
+        assert target.backup.verify_every_days == 7
+        start = datetime.now(timezone.utc).replace(microsecond=0)
+        day = timedelta(days=1)
+
+        # First run: no full read recorded before, so it reads; the facts go forward.
+        result, first = _readable(target, start)
+        assert first.outcome == "pass", first.message
+        assert first.message.startswith("pgbackrest verify: backup ")
+        said = first.message.removesuffix(" (full read this run: no full read recorded before)")
+        assert said != first.message
+        label = result.backup.info.id
+        # What the read found, when and of which backup: what the next runs report.
+        assert result.verification_details()["full_read"] == {
+            "source": "pgbackrest", "at": start.isoformat(), "backup_id": label, "outcome": "pass", "message": said,
+        }
+
+        victim, good = _flip_a_byte(copy_, label)
+        # Two days later, inside the cadence: not read again, the last read reported.
+        _, inside = _readable(target, start + 2 * day)
+        assert inside.outcome == "pass"
+        assert inside.message.startswith(f"last full read {start.isoformat()} (2.0 days ago, next due by {(start + 7 * day).isoformat()}")
+        assert f"pgbackrest verify: backup {label} is valid" in inside.message
+        # Seven days after the last read: read, and the corruption found.
+        _, due = _readable(target, start + 7 * day)
+        assert due.outcome == "fail"
+        assert f"backup {label} is invalid" in due.message and victim.name in due.message
+        assert due.message.endswith(f"(full read this run: the last one, at {start.isoformat()}, is older than verify_every_days 7)")
+        # A found corruption keeps failing, read again every run, until a read passes.
+        _, again = _readable(target, start + 7 * day + timedelta(hours=2))
+        assert again.outcome == "fail" and "did not pass)" in again.message
+        victim.write_bytes(good)
+        _, repaired = _readable(target, start + 7 * day + timedelta(hours=4))
+        assert repaired.outcome == "pass" and "did not pass)" in repaired.message
+
+        # Within the cadence again; --full-read reads now and finds the damage.
+        _flip_a_byte(copy_, label)
+        _, skipped = _readable(target, start + 8 * day)
+        assert skipped.outcome == "pass" and skipped.message.startswith("last full read ")
+        _, forced = _readable(target, start + 8 * day + timedelta(hours=1), full_read=True)
+        assert forced.outcome == "fail" and forced.message.endswith("(full read this run: asked for with --full-read)")
+    finally:
+        shutil.rmtree(copy_.base, ignore_errors=True)
+
+
+def test_real_corrupted_repository_fails_on_the_first_run_by_default(real_repo, as_postgres_wrapper, demo_db):
+    copy_ = real_repo.copy()
+    try:
+        target = _cadence_target(demo_db, copy_, as_postgres_wrapper)
+        _flip_a_byte(copy_, PgBackRestSource(target.backup).latest().id)
+        result, check = _readable(target, datetime.now(timezone.utc))
+        assert check.outcome == "fail" and "is invalid" in check.message
+        assert result.status == "failure"
+    finally:
+        shutil.rmtree(copy_.base, ignore_errors=True)
+
+
+def test_real_verify_never_unless_asked(real_repo, as_postgres_wrapper, demo_db):
+    copy_ = real_repo.copy()
+    try:
+        target = _cadence_target(demo_db, copy_, as_postgres_wrapper, verify_every_days=0)
+        _flip_a_byte(copy_, PgBackRestSource(target.backup).latest().id)
+        now = datetime.now(timezone.utc)
+        _, check = _readable(target, now, record_result=False)
+        assert check is None  # 0: never on its own
+        _, forced = _readable(target, now, record_result=False, full_read=True)
+        assert forced.outcome == "fail" and forced.message.endswith("(full read this run: asked for with --full-read)")
+    finally:
+        shutil.rmtree(copy_.base, ignore_errors=True)
+
+
+def test_the_old_verify_key_is_refused_naming_the_new_one(tmp_path):
+    config = tmp_path / "pgbv.yml"
+    config.write_text(
+        "targets:\n  - name: app\n    dsn: postgresql://x@h/app\n"
+        "    backup: {source: pgbackrest, stanza: app, verify: true}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={})
+    assert str(caught.value) == (
+        "targets.0.backup: verify: this key was replaced by verify_every_days (default 7: a full read every 7 days; "
+        "1: every daily run, what verify: true did; 0: never, what verify: false did)"
+    )
+    proc = subprocess.run([sys.executable, "-m", "exporter", "check-config", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3 and "verify_every_days" in proc.stderr and "Traceback" not in proc.stderr
