@@ -122,6 +122,24 @@ def test_a_file_no_reader_knows_is_a_warning(pg_server, tmp_path):
     assert result.observed == "not fully verified"
 
 
+def test_a_directory_dump_without_toc_dat_fails(pg_server, tmp_path):
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    pg_dump = find_tool("pg_dump", pg_server.version_num)
+    from tests.conftest import TEMPLATE_DEMO
+
+    run_tool(pg_dump, ["-Fd", "-f", str(folder / "app.dir"), "-d", pg_server.dsn(TEMPLATE_DEMO)], timeout=120)
+    target = target_for(pg_server, folder)
+    assert run(target).outcome == "pass"
+    (folder / "app.dir" / "toc.dat").unlink()
+    result = run(target)
+    assert result.outcome == "fail", result.message
+    assert result.message == (
+        f"newest backup app.dir is damaged: {folder / 'app.dir'}: toc.dat is missing, without it nothing in the "
+        "folder can be restored"
+    )
+
+
 def test_no_backup_fails_and_a_source_that_cannot_answer_errors(pg_server, tmp_path):
     target = target_for(pg_server, tmp_path)
     assert run(target).outcome == "fail"  # the real lookup of an empty folder
