@@ -968,6 +968,20 @@ def test_real_verify_never_unless_asked(real_repo, as_postgres_wrapper, demo_db)
         assert check is None  # 0: never on its own
         _, forced = _readable(target, now, record_result=False, full_read=True)
         assert forced.outcome == "fail" and forced.message.endswith("(full read this run: asked for with --full-read)")
+
+        # The same from the command line.
+        config = copy_.base / "pgbv.yml"
+        config.write_text(json.dumps({"targets": [target.model_dump(mode="json", exclude_none=True)]}))
+
+        def cli(*flags):
+            proc = subprocess.run([sys.executable, "-m", "exporter", "verify", "--config", str(config), "--no-record",
+                                   "--format", "json", *flags], capture_output=True, text=True, timeout=300)
+            checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+            return proc.returncode, checks.get("backup_readable")
+
+        assert cli()[1] is None
+        code, check = cli("--full-read")
+        assert code == 2 and check["outcome"] == "fail" and "is invalid" in check["message"], check
     finally:
         shutil.rmtree(copy_.base, ignore_errors=True)
 
