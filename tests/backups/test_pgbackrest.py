@@ -516,7 +516,11 @@ def test_registered_as_a_source(tmp_path):
     assert SOURCES["pgbackrest"] is PgBackRestSource
     source = source_for(config("pgbackrest", verify_every_days=1))
     assert isinstance(source, PgBackRestSource) and source.checks_readable()
-    assert not PgBackRestSource(config("pgbackrest")).checks_readable()
+    # Read by default, on a cadence; 0 leaves it to --full-read.
+    default = PgBackRestSource(config("pgbackrest"))
+    assert default.checks_readable() and default.full_read_every_days() == 7
+    never = PgBackRestSource(config("pgbackrest", verify_every_days=0))
+    assert not never.checks_readable() and never.full_read_on_demand()
 
 
 # --- verify, on captured outputs ----------------------------------------------------------------
