@@ -700,10 +700,9 @@ def _private_dir(prefix: str) -> Path:
     return base
 
 
-@pytest.fixture(scope="module")
-def real_repo():
-    """A PG15 cluster archiving into a fresh repository, with a full backup and an
-    incremental on it; module-scoped, as it takes a few seconds to build."""
+def _archiving_cluster() -> tuple[Path, Cluster]:
+    """A PG15 cluster whose archive_command pushes into the repository configured at
+    base/pgbackrest.conf (not started)."""
     if PGBACKREST is None:
         pytest.skip("pgbackrest is not installed (apt-get install pgbackrest)")
     if not (PG15_BIN / "initdb").exists():
@@ -718,6 +717,18 @@ def real_repo():
             "wal_level": "replica",
         },
     )
+    return base, cluster
+
+
+def _psql(cluster: Cluster, statement: str) -> None:
+    _as_postgres(cluster.pg_ctl.path.parent / "psql", "-h", cluster.base, "-U", "postgres", "-qc", statement)
+
+
+@pytest.fixture(scope="module")
+def real_repo():
+    """A PG15 cluster archiving into a fresh repository, with a full backup and an
+    incremental on it; module-scoped, as it takes a few seconds to build."""
+    base, cluster = _archiving_cluster()
     timings: dict[str, float] = {}
     try:
         cluster.start()
@@ -731,10 +742,7 @@ def real_repo():
         timings["backup full"] = time.monotonic() - started
         repo.full_info_json = repo.pgbackrest("info", "--output=json").stdout
         after_full = datetime.now(timezone.utc)
-        _as_postgres(
-            cluster.pg_ctl.path.parent / "psql", "-h", cluster.base, "-U", "postgres", "-qc",
-            "CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g",
-        )
+        _psql(cluster, "CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g")
         started = time.monotonic()
         repo.pgbackrest("backup", "--type=incr")
         timings["backup incr"] = time.monotonic() - started
@@ -1005,3 +1013,41 @@ def test_the_old_verify_key_is_refused_naming_the_new_one(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "exporter", "check-config", "--config", str(config)],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3 and "verify_every_days" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- backup_size's trend on a real repository -----------------------------------------------------
+
+
+def test_real_full_backup_that_shrank_fails_backup_size(as_postgres_wrapper, demo_db):
+    """Two full backups of a database with a large table, then a full after it was
+    dropped: the newest full is compared with the fulls before it (the incremental
+    in between is of another type) and fails."""
+    from exporter.checks.backup_size import CHECK as BACKUP_SIZE
+    from tests.checks.helpers import check_once
+
+    base, cluster = _archiving_cluster()
+    try:
+        cluster.start()
+        repo = Repo(base, cluster.data, cluster.base)
+        repo.pgbackrest("stanza-create")
+        # md5 text compresses poorly: the table dominates the repository's size.
+        _psql(cluster, "CREATE TABLE big AS SELECT md5(g::text) || md5((-g)::text) AS x FROM generate_series(1, 300000) g")
+        repo.pgbackrest("backup", "--type=full")
+        repo.pgbackrest("backup", "--type=incr")
+        repo.pgbackrest("backup", "--type=full")
+        target = _cadence_target(demo_db, repo, as_postgres_wrapper, min_size_mb=0)
+        steady = PgBackRestSource(target.backup).lookup()
+        assert steady.info.kind == "pgbackrest full" and len(steady.info.previous_sizes) == 1
+        healthy = check_once(BACKUP_SIZE, target, backup=steady)
+        assert healthy.outcome == "pass", healthy.message
+
+        _psql(cluster, "DROP TABLE big")
+        repo.pgbackrest("backup", "--type=full")
+        shrunk = PgBackRestSource(target.backup).lookup()
+        result = check_once(BACKUP_SIZE, target, backup=shrunk)
+        print(f"\nreal pgBackRest fulls {shrunk.info.previous_sizes} -> {shrunk.info.size_bytes}: {result.message}")
+        assert result.outcome == "fail", result.message
+        assert "of the 2 previous pgbackrest full backup(s) the pgbackrest source lists" in result.message
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
