@@ -41,7 +41,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from exporter.verify import verify_all
 
     settings = load_settings(args.config)
-    results = verify_all(settings, _targets(settings, args.target), record_result=not args.no_record, drill=False)
+    results = verify_all(settings, _targets(settings, args.target), record_result=not args.no_record, drill=False,
+                         full_read=args.full_read)
     return _report(results, args.format)
 
 
@@ -224,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="NAME", help="verify only this target")
     p.add_argument("--format", choices=formats, default="text", help="report format (default: text)")
     p.add_argument("--no-record", action="store_true", help="do not write the result to backup_verification_log")
+    p.add_argument("--full-read", action="store_true",
+                   help="read every backup through now where its source reads on a cadence (pgbackrest verify, "
+                   "normally every backup.verify_every_days), whatever the last full read was")
 
     p = command("restore-drill", cmd_restore_drill,
                 "Verify now with a restore drill: restore the newest backup into a scratch copy, check and compare it.")

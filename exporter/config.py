@@ -62,6 +62,11 @@ class _BackupCommon(_Strict):
         description="The database name the backup must be a dump of (`backup_content`); default: the target's "
         "own database. Set it when the dump is of another name on purpose.",
     )
+    max_size_drop_percent: float = Field(
+        50, gt=0, le=100, allow_inf_nan=False,
+        description="`backup_size` fails when the newest backup is more than this many percent smaller than the "
+        "median of the previous ones (of the same kind), and warns above half of it; 100 turns the failure off.",
+    )
 
     @model_validator(mode="after")
     def _ages_ordered(self):
@@ -94,9 +99,24 @@ class PgBackRestBackup(_BackupCommon):
         "(e.g. a script doing `exec runuser -u postgres -- pgbackrest \"$@\"`).",
     )
     repo: int | None = Field(None, ge=1, le=256, description="Only this repository (--repo); default: all.")
-    verify: bool = Field(
-        False, description="`backup_readable` runs `pgbackrest verify` (reads every file of the repository: can be slow)."
+    verify_every_days: float = Field(
+        7, ge=0, le=366, allow_inf_nan=False,
+        description="`backup_readable` runs `pgbackrest verify` (reads every file of the repository: can be slow) "
+        "when the last full read is older than this; 1: every daily run, 0: never (`pgbv verify --full-read` still "
+        "reads). A corruption found keeps it reading every run until a full read passes.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _verify_was_renamed(cls, data: Any) -> Any:
+        # Refused, not aliased: `verify: false` was the default and our own example, so an
+        # alias would keep the unsafe setting for everyone who copied it.
+        if isinstance(data, dict) and "verify" in data:
+            raise ValueError(
+                "verify: this key was replaced by verify_every_days (default 7: a full read every 7 days; "
+                "1: every daily run, what verify: true did; 0: never, what verify: false did)"
+            )
+        return data
 
 
 class WalgBackup(_BackupCommon):
@@ -145,6 +165,11 @@ BackupConfig = Annotated[
     Field(discriminator="source"),
 ]
 BACKUP_SOURCES = ("directory", "pgbackrest", "walg", "barman", "command", "none")
+# Sources whose backups exporter.restore.drill() can restore (it picks the drill by the
+# backup's kind): pg_dump archives and pg_basebackup folders of a directory, pgBackRest
+# and Barman physical backups, and a command's backups when it reports a pg_dump kind
+# and a location. WAL-G has no drill; `none` has no backup. The one list of them.
+DRILLABLE_SOURCES = ("directory", "pgbackrest", "barman", "command")
 
 
 # --- checks ----------------------------------------------------------------------------
@@ -280,6 +305,16 @@ class TargetConfig(_Strict):
     backup: BackupConfig = Field(default_factory=NoBackup, description="Where the backups are and their limits.")
     checks: ChecksConfig = Field(default_factory=ChecksConfig, description="What the database must hold.")
     restore: RestoreConfig = Field(default_factory=RestoreConfig, description="Restore drills (later version).")
+
+    @model_validator(mode="after")
+    def _restore_has_a_drill(self):
+        # Refused here, not at the first drill: a run would only ever say "no restore drill".
+        if self.restore.enabled and self.backup.source not in DRILLABLE_SOURCES:
+            raise ValueError(
+                f"restore.enabled is true for target {self.name!r}, but the {self.backup.source} backup source has no restore drill "
+                f"(drills exist for: {', '.join(DRILLABLE_SOURCES)}); set restore.enabled: false"
+            )
+        return self
 
     @field_validator("name")
     @classmethod

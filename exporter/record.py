@@ -108,6 +108,44 @@ def last_good_drill(conn: psycopg.Connection, target: str):
     return row[0] if row else None
 
 
+# How many of the target's newest rows recorded_backup_sizes walks: through the target
+# index, reading only the backup_id column (runs every 10 minutes over daily backups:
+# two weeks of them). Only the documents of the few rows it keeps are opened.
+RECENT_ROWS_FOR_SIZES = 2000
+
+
+def recorded_backup_sizes(conn: psycopg.Connection, target: str, kind: str, newest_id: str, limit: int) -> list[int]:
+    """Sizes of the backups of this kind that earlier runs of the target recorded, one
+    per backup id (its latest record), newest first, at most limit, newest_id left out.
+
+    Cost, whatever the size of the log: one index scan of the target's newest
+    RECENT_ROWS_FOR_SIZES rows, then the verification_details of at most 3 x limit rows
+    (the latest of each backup id; the kind is known only there)."""
+    rows = conn.execute(
+        f"""
+        WITH per_backup AS (
+            SELECT DISTINCT ON (backup_id) backup_id, verified_at, id
+            FROM (
+                SELECT backup_id, verified_at, id FROM backup_verification_log
+                WHERE {TARGET_OF} = %(target)s
+                ORDER BY verified_at DESC LIMIT {RECENT_ROWS_FOR_SIZES}
+            ) AS recent
+            WHERE backup_id IS NOT NULL AND backup_id <> %(newest)s
+            ORDER BY backup_id, verified_at DESC
+        ), candidates AS (
+            SELECT id, verified_at FROM per_backup ORDER BY verified_at DESC LIMIT %(candidates)s
+        )
+        SELECT (log.verification_details->'backup'->>'size_bytes')::numeric::bigint
+        FROM candidates JOIN backup_verification_log AS log ON log.id = candidates.id
+        WHERE jsonb_typeof(log.verification_details->'backup'->'size_bytes') = 'number'
+          AND log.verification_details->'backup'->>'kind' = %(kind)s
+        ORDER BY candidates.verified_at DESC LIMIT %(limit)s
+        """,
+        {"target": target, "kind": kind, "newest": newest_id, "limit": limit, "candidates": 3 * limit},
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
 HISTORY_COLUMNS = (
     "id", "verified_at", "status", "backup_id", "backup_age_hours", "backup_size_mb",
     "checks_passed", "checks_failed", "error_details", "verification_details",

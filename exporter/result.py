@@ -47,6 +47,11 @@ class CheckResult:
         return out
 
 
+# How many previous backups backup_size takes its median over: the recent ones, so that
+# a database that grew over the year is compared with what it is now.
+PREVIOUS_SIZES_KEPT = 10
+
+
 @dataclass(frozen=True)
 class BackupInfo:
     """The newest backup a source knows of."""
@@ -59,6 +64,10 @@ class BackupInfo:
     # What else the source said about it (pgBackRest's stanza status, WAL range,
     # repository size...): JSON-able, stored in verification_details.
     details: dict[str, Any] = field(default_factory=dict, compare=False)
+    # Sizes of the backups before this one of the same kind, newest first, when the
+    # source lists them cheaply (backup_size compares with their median); None when
+    # the source does not list them (backup_size falls back to the sizes pgbv recorded).
+    previous_sizes: tuple[int, ...] | None = field(default=None, compare=False)
 
     def age_hours(self, now: datetime) -> float:
         return (now - self.finished_at).total_seconds() / 3600

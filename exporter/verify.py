@@ -63,6 +63,7 @@ def _lift_facts(result: RunResult) -> None:
         ("rls_policies", "policies", "rls_policies"),
         ("index_coverage", "index_counts", "index_counts"),
         ("wal_archiving", "wal_archiving", "wal_archiving"),
+        ("backup_readable", "full_read", "full_read"),
     ):
         check = result.check(check_name)
         if check is not None and key in check.data:
@@ -88,10 +89,12 @@ def verify_target(
     now: datetime | None = None,
     drill: bool | None = None,
     keep: bool = False,
+    full_read: bool = False,
     conn: psycopg.Connection | None = None,
     log_conn: psycopg.Connection | None = None,
 ) -> RunResult:
     """One run. drill=None drills when one is due, True forces one, False never drills.
+    full_read: every source's full read (pgbackrest verify) runs now, whatever its cadence.
 
     conn: an open check session on the target (as `connect(target)` opens it:
     read-only, not autocommit) to run on instead of opening one; log_conn: the
@@ -133,9 +136,10 @@ def verify_target(
         ctx = CheckContext(
             target=target, conn=conn, log_conn=log_conn, backup=result.backup,
             previous=previous, now=result.verified_at, drill=bool(drill), keep=keep,
+            full_read=full_read,
         )
         for check in all_checks():
-            if not check.applies(target) or (check.on_demand and not ctx.drill):
+            if not check.applies_to_run(ctx) or (check.on_demand and not ctx.drill):
                 continue
             if check.uses_log_db and log_conn is None:
                 result.checks.append(CheckResult(check.name, "error", log_problem or "no log database"))
@@ -202,10 +206,11 @@ def _record(target: TargetConfig, result: RunResult, conn: psycopg.Connection | 
 
 def verify_all(
     settings: Settings, targets: list[TargetConfig], *, record_result: bool = True, drill: bool | None = None, keep: bool = False,
+    full_read: bool = False,
 ) -> list[RunResult]:
     """Verify several targets, at most schedule.max_concurrent_targets at a time, in config order."""
     def one(target: TargetConfig) -> RunResult:
-        return verify_target(target, record_result=record_result, drill=drill, keep=keep)
+        return verify_target(target, record_result=record_result, drill=drill, keep=keep, full_read=full_read)
 
     if len(targets) == 1:
         return [one(targets[0])]

@@ -33,6 +33,16 @@ class BackupSource(ABC):
         """Whether backup_readable has something to run for this source as configured."""
         return False
 
+    def full_read_every_days(self) -> float | None:
+        """How often backup_readable runs verify_readable, in days, for a source whose
+        read is costly (it reads the whole repository); None: every run."""
+        return None
+
+    def full_read_on_demand(self) -> bool:
+        """Whether `pgbv verify --full-read` runs verify_readable even where
+        checks_readable() says no (a full read configured never to run by cadence)."""
+        return False
+
     def verify_readable(self, info: BackupInfo, server_version_num: int | None, pg_bin_dir=None) -> str:
         """Read the backup through (or have its tool verify it); return what was proved.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import stat
 import threading
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import TypeVar
 
 from exporter.backups.base import BackupSource, BackupSourceError, NoBackupFound
 from exporter.config import DirectoryBackup
-from exporter.result import BackupInfo
+from exporter.result import PREVIOUS_SIZES_KEPT, BackupInfo
 
 T = TypeVar("T")
 
@@ -100,9 +101,18 @@ def file_kind(path: Path) -> str:
     return "file"
 
 
+# A directory archive's table data files: <dump id>.dat plus the compression's suffix.
+_DUMP_DATA_FILE = re.compile(r"^\d+\.dat(\.gz|\.lz4|\.zst)?$")
+
+
 def folder_kind(path: Path) -> str:
     if (path / "toc.dat").exists():
         return "pg_dump directory"
+    # Its data files without toc.dat: still a directory archive, one that cannot be
+    # restored (backup_readable fails it) rather than an unknown folder (a warning).
+    with os.scandir(path) as it:
+        if any(_DUMP_DATA_FILE.match(entry.name) for entry in it):
+            return "pg_dump directory"
     # backup_manifest since PostgreSQL 13; backup_label for older ones or --no-manifest.
     if (path / "backup_manifest").exists() or (path / "backup_label").exists():
         return "pg_basebackup"
@@ -119,7 +129,7 @@ def scan(folder: Path, pattern: str) -> BackupInfo:
     except OSError as exc:
         raise BackupSourceError(f"cannot read folder {folder}: {exc.strerror or exc}") from None
 
-    best: tuple[float, str, Path, bool, int] | None = None
+    candidates: list[tuple[float, str, Path, bool, int]] = []
     try:
         for entry in entries:
             if entry.name.startswith(".") or not fnmatch.fnmatchcase(entry.name, pattern):
@@ -134,22 +144,36 @@ def scan(folder: Path, pattern: str) -> BackupInfo:
                     mtime, size = _folder_totals(Path(entry.path))
                 except FileNotFoundError:
                     continue
-                candidate = (mtime, entry.name, Path(entry.path), True, size)
+                candidates.append((mtime, entry.name, Path(entry.path), True, size))
             elif stat.S_ISREG(info.st_mode):
-                candidate = (info.st_mtime, entry.name, Path(entry.path), False, info.st_size)
-            else:
-                continue  # FIFOs, sockets, devices: no backup, and reading one could block
-            # Equal times: the greater name wins, which for dated names is the later one.
-            if best is None or candidate[:2] > best[:2]:
-                best = candidate
-        if best is None:
+                candidates.append((info.st_mtime, entry.name, Path(entry.path), False, info.st_size))
+            # FIFOs, sockets, devices: no backup, and reading one could block
+        if not candidates:
             raise NoBackupFound(f"no file or folder matching {pattern!r} in {folder}")
-        mtime, name, path, is_folder, size = best
-        kind = folder_kind(path) if is_folder else file_kind(path)
+        # Equal times: the greater name wins, which for dated names is the later one.
+        candidates.sort(key=lambda candidate: candidate[:2], reverse=True)
+        mtime, name, path, is_folder, size = candidates[0]
+        kind = _kind(path, is_folder)
+        previous = []
+        for _, _, other, other_is_folder, other_size in candidates[1:]:
+            if len(previous) == PREVIOUS_SIZES_KEPT:
+                break
+            try:
+                # Like with like: a weekly pg_basebackup next to daily dumps is no trend.
+                if _kind(other, other_is_folder) == kind:
+                    previous.append(other_size)
+            except FileNotFoundError:
+                continue  # rotated away since listed
     except OSError as exc:
         where = exc.filename or folder
         raise BackupSourceError(f"cannot read {where}: {exc.strerror or exc}") from None
-    return BackupInfo(id=name, finished_at=_utc(mtime), size_bytes=size, kind=kind, location=str(path))
+    return BackupInfo(
+        id=name, finished_at=_utc(mtime), size_bytes=size, kind=kind, location=str(path), previous_sizes=tuple(previous)
+    )
+
+
+def _kind(path: Path, is_folder: bool) -> str:
+    return folder_kind(path) if is_folder else file_kind(path)
 
 
 class DirectoryBackupSource(BackupSource):

@@ -30,7 +30,7 @@ from exporter.backups.base import BackupSource, BackupSourceError, BackupUnreada
 from exporter.config import PgBackRestBackup
 from exporter.pgtools import ToolError, run_tool
 from exporter.redact import scrub
-from exporter.result import BackupInfo
+from exporter.result import PREVIOUS_SIZES_KEPT, BackupInfo
 
 # repo[].status.code values that are an answer ("there is nothing here"), not a failure to answer.
 _ANSWERED_EMPTY = {1: "missing stanza path", 2: "no valid backups"}
@@ -311,6 +311,7 @@ def parse_info(text: str, stanza: str) -> BackupInfo:
     _field(info, "size", "int", f"{chosen.where}.info", optional=True)
     details = _details(entry, chosen, status, repos, failed)
     repo_key = details["repo_key"]
+    previous = _previous_sizes(good, chosen)
     return BackupInfo(
         id=chosen.label,
         finished_at=_utc(chosen.stop, f"{chosen.where}.timestamp.stop"),
@@ -318,7 +319,34 @@ def parse_info(text: str, stanza: str) -> BackupInfo:
         kind=f"pgbackrest {chosen.kind}",
         location=f"repo{repo_key}/backup/{stanza}/{chosen.label}" if repo_key else f"backup/{stanza}/{chosen.label}",
         details=details,
+        previous_sizes=previous,
     )
+
+
+def _repo_key(backup: _Backup) -> Any:
+    database = backup.raw.get("database")
+    return database.get("repo-key") if isinstance(database, dict) else None
+
+
+def _previous_sizes(good: list[_Backup], chosen: _Backup) -> tuple[int, ...]:
+    """Repository sizes of the good backups before chosen, of its type and in its
+    repository, newest first: fulls with fulls, diffs with diffs, incrs with incrs (an
+    incremental's repository size counts the whole set it needs, a diff's too, so only
+    its own type compares fairly). A size of an odd shape is left out, not an error:
+    it concerns an older backup, not the newest."""
+    same = sorted(
+        (b for b in good if b is not chosen and b.kind == chosen.kind and _repo_key(b) == _repo_key(chosen)
+         and (b.stop, b.start or 0, b.label) < (chosen.stop, chosen.start or 0, chosen.label)),
+        key=lambda b: (b.stop, b.start or 0, b.label), reverse=True,
+    )
+    sizes = []
+    for backup in same[:PREVIOUS_SIZES_KEPT]:
+        info = backup.raw.get("info")
+        repository = info.get("repository") if isinstance(info, dict) else None
+        size = repository.get("size") if isinstance(repository, dict) else None
+        if isinstance(size, int) and not isinstance(size, bool):
+            sizes.append(size)
+    return tuple(sizes)
 
 
 # --- verify -------------------------------------------------------------------------------
@@ -533,7 +561,14 @@ class PgBackRestSource(BackupSource):
             raise BackupSourceError(self._scrub(str(exc))) from None
 
     def checks_readable(self) -> bool:
-        return self.config.verify
+        return self.config.verify_every_days > 0
+
+    def full_read_every_days(self) -> float | None:
+        # verify reads every file of the repository: on a cadence, not every run.
+        return self.config.verify_every_days
+
+    def full_read_on_demand(self) -> bool:
+        return True
 
     def verify_readable(self, info: BackupInfo, server_version_num: int | None, pg_bin_dir=None) -> str:
         # The repository that holds this backup, so a second repo's damage (or slowness)

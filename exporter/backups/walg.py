@@ -19,6 +19,7 @@ why the parser is shaped this way:
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +27,7 @@ from exporter.backups.base import BackupSource, BackupSourceError, BackupUnreada
 from exporter.backups.command import fail, json_type, parse_json, parse_timestamp, require_int, run_source_tool
 from exporter.config import WalgBackup
 from exporter.redact import scrub
-from exporter.result import BackupInfo
+from exporter.result import PREVIOUS_SIZES_KEPT, BackupInfo
 
 BACKUP_LIST_ARGS = ["backup-list", "--detail", "--json"]
 WAL_VERIFY_ARGS = ["wal-verify", "integrity", "--json"]
@@ -60,6 +61,22 @@ def _entry_name(entry: Any, index: int) -> str:
     if isinstance(entry, dict) and isinstance(entry.get("backup_name"), str):
         return entry["backup_name"]
     return f"entry {index}"
+
+
+def _previous_sizes(usable: list[tuple[datetime, str, dict]], newest: tuple[datetime, str], delta: bool) -> tuple[int, ...]:
+    """compressed_size of the backups before the newest, of its kind (a delta stores
+    only its changes: deltas compare with deltas, fulls with fulls), newest first. A
+    size of an odd shape is left out: it concerns an older backup."""
+    older = sorted(
+        (item for item in usable if (item[0], item[1]) < newest and (DELTA_MARK in item[1]) == delta),
+        key=lambda item: (item[0], item[1]), reverse=True,
+    )
+    sizes = []
+    for _, _, entry in older[:PREVIOUS_SIZES_KEPT]:
+        size = entry.get("compressed_size")
+        if isinstance(size, int) and not isinstance(size, bool):
+            sizes.append(size)
+    return tuple(sizes)
 
 
 class WalgBackupSource(BackupSource):
@@ -129,7 +146,8 @@ class WalgBackupSource(BackupSource):
         # Equal finish times: the greater name wins; names hold the start segment, so
         # that is the later backup.
         finished, name, entry = max(usable, key=lambda item: (item[0], item[1]))
-        return self._info(finished, name, entry, skipped=without_metadata)
+        info = self._info(finished, name, entry, skipped=without_metadata)
+        return dataclasses.replace(info, previous_sizes=_previous_sizes(usable, (finished, name), DELTA_MARK in name))
 
     def _info(self, finished: datetime, name: str, entry: dict, skipped: list[str]) -> BackupInfo:
         what = f"wal-g backup-list: {name}"

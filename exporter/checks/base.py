@@ -24,6 +24,7 @@ class CheckContext:
     now: datetime
     drill: bool = False  # run on-demand checks (the restore drill) this time
     keep: bool = False  # a drill leaves its scratch copy for inspection
+    full_read: bool = False  # `pgbv verify --full-read`: every source's full read runs now, whatever its cadence
     # What find_tables said about each name this run, None for no such table.
     _tables: dict[str, Table | None] = field(default_factory=dict, repr=False)
 
@@ -62,6 +63,10 @@ class Check:
 
     def applies(self, target: TargetConfig) -> bool:
         raise NotImplementedError
+
+    def applies_to_run(self, ctx: CheckContext) -> bool:
+        """Whether the check runs this time; what the run asked for (--full-read) may add to applies()."""
+        return self.applies(ctx.target)
 
     def run(self, ctx: CheckContext) -> CheckResult:
         raise NotImplementedError

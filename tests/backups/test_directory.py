@@ -161,6 +161,20 @@ def test_folder_kinds_and_size(tmp_path):
     assert (info.kind, info.size_bytes) == ("folder", 12)
 
 
+def test_a_directory_archive_without_toc_dat_is_still_a_directory_archive(dumps):
+    # Its data files give it away: backup_readable must fail it, not warn about a folder.
+    (dumps / "app.dir" / "toc.dat").unlink()
+    info = source(dumps, pattern="app.dir").latest()
+    assert info.kind == "pg_dump directory"
+
+
+def test_a_folder_of_other_dat_files_is_a_folder(tmp_path):
+    (tmp_path / "stuff").mkdir()
+    touch(tmp_path / "stuff" / "toc.dat.old", BASE, b"x")
+    touch(tmp_path / "stuff" / "data.dat", BASE, b"x")
+    assert source(tmp_path).latest().kind == "folder"
+
+
 def test_file_kinds(tmp_path):
     touch(tmp_path / "x.dump", BASE, b"PGDMP\x01\x10\x00")
     touch(tmp_path / "x.sql", BASE, b"select 1;\n")

@@ -8,9 +8,10 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,10 @@ import pytest
 from exporter.backups import SOURCES, source_for
 from exporter.backups.base import BackupSourceError, BackupUnreadable, NoBackupFound
 from exporter.backups.pgbackrest import PgBackRestSource, judge_verify, parse_info, parse_verify
-from exporter.config import PgBackRestBackup, load_settings
+from exporter.config import ConfigError, PgBackRestBackup, load_settings
 from exporter.result import BackupInfo
+from exporter.verify import verify_target
+from tests.conftest import make_target
 from tests.pgcluster import Cluster
 
 from tests.backups.test_command import FIXTURES, wait_dead  # noqa: E402 - the byte-exact copies in tests/fixtures
@@ -306,6 +309,32 @@ def test_backups_without_error_flag_count_as_good():
     assert parse_info(json.dumps(data), "demo").id == "20261127-174243F_20261127-174259I"
 
 
+def test_previous_sizes_are_those_of_the_same_type_in_the_same_repository():
+    data = _info_data()
+    full, incr = data[0]["backup"]
+    # The newest is an incremental, the only one: nothing of its type before it.
+    assert parse_info(json.dumps(data), "demo").previous_sizes == ()
+
+    def backup(label, kind, stop, size, repo=1, error=False):
+        raw = json.loads(json.dumps(full if kind == "full" else incr))
+        raw.update(label=label, type=kind, error=error)
+        raw["timestamp"] = {"start": stop - 10, "stop": stop}
+        raw["info"]["repository"]["size"] = size
+        raw["database"]["repo-key"] = repo
+        return raw
+
+    stop = full["timestamp"]["stop"]
+    data[0]["backup"] = [
+        backup("A", "full", stop - 300, 100), backup("B", "full", stop - 200, 200),
+        backup("C", "full", stop - 150, 999, error=True),  # failed: not a backup to compare with
+        backup("D", "full", stop - 100, 777, repo=2),  # another repository's copy
+        backup("E", "diff", stop - 50, 50), backup("F", "full", stop, 40),
+    ]
+    data[0]["repo"].append({"cipher": "none", "key": 2, "status": {"code": 0, "message": "ok"}})
+    info = parse_info(json.dumps(data), "demo")
+    assert (info.id, info.previous_sizes) == ("F", (200, 100))
+
+
 def test_newest_is_by_stop_time_not_by_list_order():
     data = _info_data()
     data[0]["backup"].reverse()
@@ -423,7 +452,7 @@ def test_verify_runs_under_the_timeout_too(tmp_path):
     binary = stand_in(tmp_path, stdout, stderr, sleep=30)
     info = parse_info(INFO_FULL_INCR, STANZA)
     with pytest.raises(BackupSourceError, match=r"^pgbackrest verify: pgbackrest timed out after 0.5 s"):
-        PgBackRestSource(config(binary, timeout_seconds=0.5, verify=True)).verify_readable(info, 150000)
+        PgBackRestSource(config(binary, timeout_seconds=0.5, verify_every_days=1)).verify_readable(info, 150000)
 
 
 def test_missing_binary_is_an_error(tmp_path):
@@ -485,9 +514,13 @@ def test_the_example_is_valid_and_builds_this_source():
 
 def test_registered_as_a_source(tmp_path):
     assert SOURCES["pgbackrest"] is PgBackRestSource
-    source = source_for(config("pgbackrest", verify=True))
+    source = source_for(config("pgbackrest", verify_every_days=1))
     assert isinstance(source, PgBackRestSource) and source.checks_readable()
-    assert not PgBackRestSource(config("pgbackrest")).checks_readable()
+    # Read by default, on a cadence; 0 leaves it to --full-read.
+    default = PgBackRestSource(config("pgbackrest"))
+    assert default.checks_readable() and default.full_read_every_days() == 7
+    never = PgBackRestSource(config("pgbackrest", verify_every_days=0))
+    assert not never.checks_readable() and never.full_read_on_demand()
 
 
 # --- verify, on captured outputs ----------------------------------------------------------------
@@ -497,7 +530,7 @@ def _verify(tmp_path, case: str, info_text: str = INFO_FULL_INCR, exit_code: int
     stdout, stderr = VERIFY[case]
     binary = stand_in(tmp_path, stdout, stderr, exit_code=exit_code)
     info = parse_info(info_text, STANZA)
-    return PgBackRestSource(config(binary, verify=True)).verify_readable(info, 150000)
+    return PgBackRestSource(config(binary, verify_every_days=1)).verify_readable(info, 150000)
 
 
 def test_verify_of_a_good_repository_says_what_it_proved(tmp_path):
@@ -585,7 +618,7 @@ def test_verify_non_zero_exit_is_an_error(tmp_path):
     binary = stand_in(tmp_path, "", _BEGIN + "ERROR: [032]: key '7' is not valid for 'repo' option\n", exit_code=32)
     info = parse_info(INFO_FULL_INCR, STANZA)
     with pytest.raises(BackupSourceError) as caught:
-        PgBackRestSource(config(binary, verify=True)).verify_readable(info, 150000)
+        PgBackRestSource(config(binary, verify_every_days=1)).verify_readable(info, 150000)
     assert str(caught.value) == "pgbackrest verify: exited with code 32: ERROR: [032]: key '7' is not valid for 'repo' option"
 
 
@@ -593,7 +626,7 @@ def test_verify_without_a_result_is_an_error(tmp_path):
     binary = stand_in(tmp_path, "something else entirely\n", "")
     info = parse_info(INFO_FULL_INCR, STANZA)
     with pytest.raises(BackupSourceError, match=r"printed no result \(no 'status:' line\); it said: something else"):
-        PgBackRestSource(config(binary, verify=True)).verify_readable(info, 150000)
+        PgBackRestSource(config(binary, verify_every_days=1)).verify_readable(info, 150000)
 
 
 def test_verify_that_does_not_list_the_backup_is_an_error(tmp_path):
@@ -667,10 +700,9 @@ def _private_dir(prefix: str) -> Path:
     return base
 
 
-@pytest.fixture(scope="module")
-def real_repo():
-    """A PG15 cluster archiving into a fresh repository, with a full backup and an
-    incremental on it; module-scoped, as it takes a few seconds to build."""
+def _archiving_cluster() -> tuple[Path, Cluster]:
+    """A PG15 cluster whose archive_command pushes into the repository configured at
+    base/pgbackrest.conf (not started)."""
     if PGBACKREST is None:
         pytest.skip("pgbackrest is not installed (apt-get install pgbackrest)")
     if not (PG15_BIN / "initdb").exists():
@@ -685,6 +717,18 @@ def real_repo():
             "wal_level": "replica",
         },
     )
+    return base, cluster
+
+
+def _psql(cluster: Cluster, statement: str) -> None:
+    _as_postgres(cluster.pg_ctl.path.parent / "psql", "-h", cluster.base, "-U", "postgres", "-qc", statement)
+
+
+@pytest.fixture(scope="module")
+def real_repo():
+    """A PG15 cluster archiving into a fresh repository, with a full backup and an
+    incremental on it; module-scoped, as it takes a few seconds to build."""
+    base, cluster = _archiving_cluster()
     timings: dict[str, float] = {}
     try:
         cluster.start()
@@ -698,10 +742,7 @@ def real_repo():
         timings["backup full"] = time.monotonic() - started
         repo.full_info_json = repo.pgbackrest("info", "--output=json").stdout
         after_full = datetime.now(timezone.utc)
-        _as_postgres(
-            cluster.pg_ctl.path.parent / "psql", "-h", cluster.base, "-U", "postgres", "-qc",
-            "CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g",
-        )
+        _psql(cluster, "CREATE TABLE t AS SELECT g FROM generate_series(1, 10000) g")
         started = time.monotonic()
         repo.pgbackrest("backup", "--type=incr")
         timings["backup incr"] = time.monotonic() - started
@@ -759,7 +800,7 @@ def test_real_repository_invalid_option_is_an_error(real_repo, as_postgres_wrapp
 
 
 def test_real_verify_of_a_good_repository(real_repo, as_postgres_wrapper):
-    source = _real_source(real_repo, as_postgres_wrapper, verify=True)
+    source = _real_source(real_repo, as_postgres_wrapper, verify_every_days=1)
     info = source.latest()
     started = time.monotonic()
     message = source.verify_readable(info, 150000)
@@ -772,7 +813,7 @@ def test_real_verify_of_a_good_repository(real_repo, as_postgres_wrapper):
 def _damaged(real_repo: Repo, wrapper: Path, damage) -> tuple[BackupInfo, str]:
     copy_ = real_repo.copy()
     try:
-        source = _real_source(copy_, wrapper, verify=True)
+        source = _real_source(copy_, wrapper, verify_every_days=1)
         info = source.latest()
         what = damage(copy_, info)
         started = time.monotonic()
@@ -837,3 +878,176 @@ def test_real_verify_fails_when_the_backups_wal_is_gone(real_repo, as_postgres_w
 
     info, message = _damaged(real_repo, as_postgres_wrapper, delete_wal)
     assert f"needed to make backup {info.id} consistent, is missing from archive 15-1" in message
+
+
+# --- verify on a cadence (verify_every_days), through real runs ----------------------------
+
+
+def _flip_a_byte(repo: Repo, label: str) -> tuple[Path, bytes]:
+    """Corrupt the largest file of backup label; returns it and its good bytes."""
+    victim = _largest_file(repo.backup_dir(label) / "pg_data")
+    good = victim.read_bytes()
+    data = bytearray(good)
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    return victim, good
+
+
+def _cadence_target(demo_db: str, where: Repo, wrapper: Path, **backup):
+    # The default configuration: no verify_every_days unless a test says so.
+    return make_target(demo_db, checks={}, backup={
+        "source": "pgbackrest", "stanza": STANZA, "config_file": str(where.conf), "binary": str(wrapper),
+        "timeout_seconds": 300, **backup,
+    })
+
+
+def _readable(target, at: datetime, **kwargs):
+    started = time.monotonic()
+    result = verify_target(target, now=at, **kwargs)
+    assert result.record_error is None, result.record_error
+    check = result.check("backup_readable")
+    print(f"\n{at.isoformat()} {kwargs} ({time.monotonic() - started:.2f}s): {check and check.outcome}: {check and check.message}")
+    return result, check
+
+
+def test_real_verify_on_a_cadence_by_default(real_repo, as_postgres_wrapper, demo_db):
+    copy_ = real_repo.copy()
+    try:
+        target = _cadence_target(demo_db, copy_, as_postgres_wrapper)
+        assert target.backup.verify_every_days == 7
+        start = datetime.now(timezone.utc).replace(microsecond=0)
+        day = timedelta(days=1)
+
+        # First run: no full read recorded before, so it reads; the facts go forward.
+        result, first = _readable(target, start)
+        assert first.outcome == "pass", first.message
+        assert first.message.startswith("pgbackrest verify: backup ")
+        said = first.message.removesuffix(" (full read this run: no full read recorded before)")
+        assert said != first.message
+        label = result.backup.info.id
+        # What the read found, when and of which backup: what the next runs report.
+        assert result.verification_details()["full_read"] == {
+            "source": "pgbackrest", "at": start.isoformat(), "backup_id": label, "outcome": "pass", "message": said,
+        }
+
+        victim, good = _flip_a_byte(copy_, label)
+        # Two days later, inside the cadence: not read again, the last read reported.
+        _, inside = _readable(target, start + 2 * day)
+        assert inside.outcome == "pass"
+        assert inside.message.startswith(f"last full read {start.isoformat()} (2.0 days ago, next due by {(start + 7 * day).isoformat()}")
+        assert f"pgbackrest verify: backup {label} is valid" in inside.message
+        # Seven days after the last read: read, and the corruption found.
+        _, due = _readable(target, start + 7 * day)
+        assert due.outcome == "fail"
+        assert f"backup {label} is invalid" in due.message and victim.name in due.message
+        assert due.message.endswith(f"(full read this run: the last one, at {start.isoformat()}, is older than verify_every_days 7)")
+        # A found corruption keeps failing, read again every run, until a read passes.
+        _, again = _readable(target, start + 7 * day + timedelta(hours=2))
+        assert again.outcome == "fail" and "did not pass)" in again.message
+        victim.write_bytes(good)
+        _, repaired = _readable(target, start + 7 * day + timedelta(hours=4))
+        assert repaired.outcome == "pass" and "did not pass)" in repaired.message
+
+        # Within the cadence again; --full-read reads now and finds the damage.
+        _flip_a_byte(copy_, label)
+        _, skipped = _readable(target, start + 8 * day)
+        assert skipped.outcome == "pass" and skipped.message.startswith("last full read ")
+        _, forced = _readable(target, start + 8 * day + timedelta(hours=1), full_read=True)
+        assert forced.outcome == "fail" and forced.message.endswith("(full read this run: asked for with --full-read)")
+    finally:
+        shutil.rmtree(copy_.base, ignore_errors=True)
+
+
+def test_real_corrupted_repository_fails_on_the_first_run_by_default(real_repo, as_postgres_wrapper, demo_db):
+    copy_ = real_repo.copy()
+    try:
+        target = _cadence_target(demo_db, copy_, as_postgres_wrapper)
+        _flip_a_byte(copy_, PgBackRestSource(target.backup).latest().id)
+        result, check = _readable(target, datetime.now(timezone.utc))
+        assert check.outcome == "fail" and "is invalid" in check.message
+        assert result.status == "failure"
+    finally:
+        shutil.rmtree(copy_.base, ignore_errors=True)
+
+
+def test_real_verify_never_unless_asked(real_repo, as_postgres_wrapper, demo_db):
+    copy_ = real_repo.copy()
+    try:
+        target = _cadence_target(demo_db, copy_, as_postgres_wrapper, verify_every_days=0)
+        _flip_a_byte(copy_, PgBackRestSource(target.backup).latest().id)
+        now = datetime.now(timezone.utc)
+        _, check = _readable(target, now, record_result=False)
+        assert check is None  # 0: never on its own
+        _, forced = _readable(target, now, record_result=False, full_read=True)
+        assert forced.outcome == "fail" and forced.message.endswith("(full read this run: asked for with --full-read)")
+
+        # The same from the command line.
+        config = copy_.base / "pgbv.yml"
+        config.write_text(json.dumps({"targets": [target.model_dump(mode="json", exclude_none=True)]}))
+
+        def cli(*flags):
+            proc = subprocess.run([sys.executable, "-m", "exporter", "verify", "--config", str(config), "--no-record",
+                                   "--format", "json", *flags], capture_output=True, text=True, timeout=300)
+            checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+            return proc.returncode, checks.get("backup_readable")
+
+        assert cli()[1] is None
+        code, check = cli("--full-read")
+        assert code == 2 and check["outcome"] == "fail" and "is invalid" in check["message"], check
+    finally:
+        shutil.rmtree(copy_.base, ignore_errors=True)
+
+
+def test_the_old_verify_key_is_refused_naming_the_new_one(tmp_path):
+    config = tmp_path / "pgbv.yml"
+    config.write_text(
+        "targets:\n  - name: app\n    dsn: postgresql://x@h/app\n"
+        "    backup: {source: pgbackrest, stanza: app, verify: true}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={})
+    assert str(caught.value) == (
+        "targets.0.backup: verify: this key was replaced by verify_every_days (default 7: a full read every 7 days; "
+        "1: every daily run, what verify: true did; 0: never, what verify: false did)"
+    )
+    proc = subprocess.run([sys.executable, "-m", "exporter", "check-config", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3 and "verify_every_days" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# --- backup_size's trend on a real repository -----------------------------------------------------
+
+
+def test_real_full_backup_that_shrank_fails_backup_size(as_postgres_wrapper, demo_db):
+    """Two full backups of a database with a large table, then a full after it was
+    dropped: the newest full is compared with the fulls before it (the incremental
+    in between is of another type) and fails."""
+    from exporter.checks.backup_size import CHECK as BACKUP_SIZE
+    from tests.checks.helpers import check_once
+
+    base, cluster = _archiving_cluster()
+    try:
+        cluster.start()
+        repo = Repo(base, cluster.data, cluster.base)
+        repo.pgbackrest("stanza-create")
+        # md5 text compresses poorly: the table dominates the repository's size.
+        _psql(cluster, "CREATE TABLE big AS SELECT md5(g::text) || md5((-g)::text) AS x FROM generate_series(1, 300000) g")
+        repo.pgbackrest("backup", "--type=full")
+        repo.pgbackrest("backup", "--type=incr")
+        repo.pgbackrest("backup", "--type=full")
+        target = _cadence_target(demo_db, repo, as_postgres_wrapper, min_size_mb=0)
+        steady = PgBackRestSource(target.backup).lookup()
+        assert steady.info.kind == "pgbackrest full" and len(steady.info.previous_sizes) == 1
+        healthy = check_once(BACKUP_SIZE, target, backup=steady)
+        assert healthy.outcome == "pass", healthy.message
+
+        _psql(cluster, "DROP TABLE big")
+        repo.pgbackrest("backup", "--type=full")
+        shrunk = PgBackRestSource(target.backup).lookup()
+        result = check_once(BACKUP_SIZE, target, backup=shrunk)
+        print(f"\nreal pgBackRest fulls {shrunk.info.previous_sizes} -> {shrunk.info.size_bytes}: {result.message}")
+        assert result.outcome == "fail", result.message
+        assert "of the 2 previous pgbackrest full backup(s) the pgbackrest source lists" in result.message
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)

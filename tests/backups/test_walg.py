@@ -85,6 +85,18 @@ def test_a_full_backup_and_two_digit_fractions(standin):
     assert "delta_from_segment" not in info.details
 
 
+def test_previous_sizes_are_those_of_the_same_kind_newest_first(standin):
+    # The newest is a delta: no earlier delta to compare with (a full stores everything).
+    assert walg(standin.prints("a", LIST)).latest().previous_sizes == ()
+    data = [entry for entry in backups() if entry["backup_name"] != NEWEST]
+    # The newest full compares with the full before it.
+    assert walg(standin.prints("b", dumps(data))).latest().previous_sizes == (15204873316,)
+    older_delta = dict(backups()[2], backup_name="base_0000000100000031000000D0_D_000000010000002A000000C8",
+                       finish_time="2026-03-05T02:00:00Z", compressed_size=900)
+    info = walg(standin.prints("c", dumps([*backups(), older_delta]))).latest()
+    assert (info.id, info.previous_sizes) == (NEWEST, (900,))
+
+
 def test_backups_without_metadata_are_never_the_newest(standin):
     data = backups()
     newest = data[2]

@@ -122,6 +122,24 @@ def test_a_file_no_reader_knows_is_a_warning(pg_server, tmp_path):
     assert result.observed == "not fully verified"
 
 
+def test_a_directory_dump_without_toc_dat_fails(pg_server, tmp_path):
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    pg_dump = find_tool("pg_dump", pg_server.version_num)
+    from tests.conftest import TEMPLATE_DEMO
+
+    run_tool(pg_dump, ["-Fd", "-f", str(folder / "app.dir"), "-d", pg_server.dsn(TEMPLATE_DEMO)], timeout=120)
+    target = target_for(pg_server, folder)
+    assert run(target).outcome == "pass"
+    (folder / "app.dir" / "toc.dat").unlink()
+    result = run(target)
+    assert result.outcome == "fail", result.message
+    assert result.message == (
+        f"newest backup app.dir is damaged: {folder / 'app.dir'}: toc.dat is missing, without it nothing in the "
+        "folder can be restored"
+    )
+
+
 def test_no_backup_fails_and_a_source_that_cannot_answer_errors(pg_server, tmp_path):
     target = target_for(pg_server, tmp_path)
     assert run(target).outcome == "fail"  # the real lookup of an empty folder
@@ -192,3 +210,63 @@ def test_secrets_in_a_source_message_are_masked(pg_server, monkeypatch):
     lookup = BackupLookup("walg", info=BackupInfo("b1", datetime.now(timezone.utc), 1, "full"))
     result = check_once(CHECK, target, backup=lookup)
     assert result.outcome == "error" and "s3cr3t-key" not in result.message and "********" in result.message
+
+
+# --- a source that reads on a cadence: the last full read carried from run to run -------------
+
+
+class OnCadence(Scripted):
+    def full_read_every_days(self):
+        return 7
+
+
+def cadence_run(pg_server, monkeypatch, previous, outcome="repository verified", lookup=None, now=None):
+    from datetime import datetime, timezone
+
+    from exporter.result import BackupInfo
+
+    source = OnCadence(outcome)
+    monkeypatch.setattr(backup_readable, "source_for", lambda config: source)
+    target = make_target(pg_server.admin_dsn, checks={}, backup={"source": "directory", "path": "/x"})
+    now = now or datetime(2026, 12, 10, 5, 0, tzinfo=timezone.utc)
+    lookup = lookup or BackupLookup("scripted", info=BackupInfo("b2", now, 1, "full"))
+    return check_once(CHECK, target, previous=previous, backup=lookup, now=now), source
+
+
+LAST = {"source": "scripted", "at": "2026-12-08T05:00:00+00:00", "backup_id": "b1", "outcome": "pass", "message": "read b1"}
+
+
+def test_inside_the_cadence_the_last_read_is_reported_and_carried(pg_server, monkeypatch):
+    result, source = cadence_run(pg_server, monkeypatch, {"full_read": LAST})
+    assert source.called_with is None  # not read
+    assert result.outcome == "pass"
+    assert result.message == (
+        "last full read 2026-12-08T05:00:00+00:00 (2.0 days ago, next due by 2026-12-15T05:00:00+00:00; "
+        "verify_every_days 7): read b1; newest backup b2 came after it and has not been read yet"
+    )
+    assert result.data["full_read"] == LAST
+
+
+@pytest.mark.parametrize(
+    "fact",
+    [
+        None,
+        {**LAST, "source": "other"},  # the source changed since
+        {**LAST, "at": "yesterday"},
+        {**LAST, "at": "2026-12-08T05:00:00"},  # no zone
+        {**LAST, "outcome": None},
+        "not an object",
+    ],
+)
+def test_a_missing_or_odd_fact_means_a_read(pg_server, monkeypatch, fact):
+    result, source = cadence_run(pg_server, monkeypatch, {"full_read": fact})
+    assert source.called_with is not None
+    assert result.outcome == "pass" and result.message == "repository verified (full read this run: no full read recorded before)"
+    assert result.data["full_read"]["at"] == "2026-12-10T05:00:00+00:00" and result.data["full_read"]["backup_id"] == "b2"
+
+
+def test_a_lookup_problem_keeps_the_last_read(pg_server, monkeypatch):
+    result, source = cadence_run(pg_server, monkeypatch, {"full_read": LAST},
+                                 lookup=BackupLookup("scripted", error="info timed out"))
+    assert result.outcome == "error" and source.called_with is None
+    assert result.data["full_read"] == LAST  # the next run still knows when the last read was
