@@ -50,7 +50,9 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from exporter.backups.base import BackupSource, BackupSourceError, BackupUnreadable, NoBackupFound
@@ -123,13 +125,15 @@ class BarmanBackupSource(BackupSource):
             args += ["-c", str(self.config.config_file)]
         return [*args, "-f", "json", *command]
 
-    def _run_barman(self, *command: str) -> tuple[subprocess.CompletedProcess, dict]:
+    def _run_barman(self, *command: str, timeout: float | None = None,
+                    on_start: Callable[[subprocess.Popen], None] | None = None) -> tuple[subprocess.CompletedProcess, dict]:
         """How Barman ran and its ``-f json`` answer (an object); BackupSourceError
-        when it did not run or did not answer in JSON."""
+        when it did not run or did not answer in JSON. The source's timeout_seconds
+        unless given one (a restore drill's own)."""
         what = f"barman {command[0]}"
         done = run_source_tool(
             self.config.binary, self._args(*command), what=what,
-            timeout=self.config.timeout_seconds, env=None, secrets=(), ok_codes=(0, 1),
+            timeout=timeout or self.config.timeout_seconds, env=None, secrets=(), ok_codes=(0, 1), on_start=on_start,
         )
         if done.returncode != 0 and not done.stdout.strip():
             # Not Barman's JSON writer speaking: it refused to start ("please run barman
@@ -172,6 +176,31 @@ class BarmanBackupSource(BackupSource):
     def verify_readable(self, info: BackupInfo, server_version_num: int | None, pg_bin_dir=None) -> str:
         done, data = self._run_barman("verify-backup", self.config.server, info.id)
         return judge_verify(done.returncode, data, self.config.server, info.id)
+
+    def recover(self, backup_id: str, destination: Path, timeout: float,
+                on_start: Callable[[subprocess.Popen], None] | None = None) -> str:
+        """``barman recover`` of the backup into destination, on this host, to the end of
+        the backup and promoted (``--target-immediate``: the copy is consistent and
+        nothing newer is needed). Barman copies the WAL it needs into the folder and
+        writes the restore_command that reads it. Returns what Barman reported.
+        BackupUnreadable when Barman says the recovery failed; BackupSourceError when
+        it did not run or recovered nothing (an inactive server is skipped with exit 0)."""
+        what = f"barman recover {self.config.server} {backup_id}"
+        done, data = self._run_barman(
+            "recover", "--target-immediate", "--target-action", "promote", self.config.server, backup_id, str(destination),
+            timeout=timeout, on_start=on_start,
+        )
+        errors = _messages(data, "_ERROR") + _messages(data, "_EXCEPTION")
+        if errors:
+            raise BackupUnreadable(f"{what}: {'; '.join(errors)}")
+        if done.returncode != 0:
+            fail(f"{what} exited with code {done.returncode}: {excerpt(done.stdout)!r}", ())
+        if "recovery_start_time" not in data:
+            said = "; ".join(_messages(data, "_WARNING") + _messages(data, "_INFO"))
+            fail(f"{what} recovered nothing (exit 0 without a recovery report)" + (f"; it said: {said}" if said else ""), ())
+        warnings = [str(w) for w in data.get("warnings") or [] if w]
+        took = data.get("recovery_elapsed_time")
+        return f"{what}: recovered{f' in {took}' if took else ''}" + (f"; Barman warned: {'; '.join(warnings)}" if warnings else "")
 
     def newest_id(self, listed: Any) -> tuple[str, list[dict]]:
         """The id of the newest DONE backup in list-backups' entries for the server,
