@@ -92,12 +92,27 @@ def test_barman_missing_is_a_drill_error(real_barman, barman_wrapper, scratch_di
     assert list(scratch_dir.iterdir()) == []
 
 
+def slow_recover(folder: Path, wrapper: Path) -> Path:
+    """barman, except that recover hangs for a minute first."""
+    slow = folder / "barman-slow-recover"
+    slow.write_text(f'#!/bin/sh\ncase " $* " in *" recover "*) sleep 60 ;; esac\nexec {wrapper} "$@"\n')
+    slow.chmod(0o755)
+    return slow
+
+
+def test_a_recover_over_the_drills_time_is_stopped_and_cleaned_up(real_barman, barman_wrapper, scratch_dir, tmp_path):
+    target = barman_target(real_barman, slow_recover(tmp_path, barman_wrapper), scratch_dir, timeout_minutes=0.02)
+    info = source_for(target.backup).latest()
+    started = time.monotonic()
+    with pytest.raises(DrillError, match="barman recover: barman-slow-recover timed out after"):
+        drill(target, info)
+    assert time.monotonic() - started < 15
+    assert list(scratch_dir.iterdir()) == []
+
+
 def test_a_stopping_daemon_kills_barman_recover_and_removes_the_folder(real_barman, barman_wrapper, scratch_dir, tmp_path):
     # What the daemon does on SIGTERM (active.abort_all), while barman recover copies.
-    slow = tmp_path / "barman-slow-recover"
-    slow.write_text(f'#!/bin/sh\ncase " $* " in *" recover "*) sleep 60 ;; esac\nexec {barman_wrapper} "$@"\n')
-    slow.chmod(0o755)
-    target = barman_target(real_barman, slow, scratch_dir)
+    target = barman_target(real_barman, slow_recover(tmp_path, barman_wrapper), scratch_dir)
     info = source_for(target.backup).latest()
     outcome: dict[str, BaseException] = {}
 
