@@ -55,7 +55,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from exporter.backups.base import BackupSource, BackupSourceError, BackupUnreadable, NoBackupFound
+from exporter.backups.base import BackupSource, BackupUnreadable, NoBackupFound
 from exporter.backups.command import excerpt, fail, json_type, parse_json, parse_timestamp, require_int, run_source_tool
 from exporter.config import BarmanBackup
 from exporter.result import BackupInfo

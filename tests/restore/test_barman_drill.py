@@ -6,9 +6,7 @@ damaged. The Barman repository is tests/backups/test_barman_real.py's."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,15 +19,7 @@ from exporter.restore.result import DrillError, RestoreFailed
 from exporter.verify import verify_target
 from tests.backups.test_barman_real import ROWS, SERVER, BarmanRepo, barman_wrapper, real_barman  # noqa: F401 (fixtures)
 from tests.conftest import make_target
-
-
-@pytest.fixture
-def scratch_dir():
-    # The private server runs as an unprivileged user: its scratch folder's parent must be enterable.
-    path = Path(tempfile.mkdtemp(prefix="pgbv-scratch-"))
-    os.chmod(path, 0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+from tests.restore.test_physical import scratch_dir  # noqa: F401 (fixture)
 
 
 def barman_target(repo: BarmanRepo, wrapper: Path, scratch: Path, **restore):
