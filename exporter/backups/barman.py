@@ -178,11 +178,11 @@ class BarmanBackupSource(BackupSource):
         return judge_verify(done.returncode, data, self.config.server, info.id)
 
     def recover(self, backup_id: str, destination: Path, timeout: float,
-                on_start: Callable[[subprocess.Popen], None] | None = None) -> str:
+                on_start: Callable[[subprocess.Popen], None] | None = None) -> list[str]:
         """``barman recover`` of the backup into destination, on this host, to the end of
         the backup and promoted (``--target-immediate``: the copy is consistent and
         nothing newer is needed). Barman copies the WAL it needs into the folder and
-        writes the restore_command that reads it. Returns what Barman reported.
+        writes the restore_command that reads it. Returns the warnings Barman gave.
         BackupUnreadable when Barman says the recovery failed; BackupSourceError when
         it did not run or recovered nothing (an inactive server is skipped with exit 0)."""
         what = f"barman recover {self.config.server} {backup_id}"
@@ -198,9 +198,7 @@ class BarmanBackupSource(BackupSource):
         if "recovery_start_time" not in data:
             said = "; ".join(_messages(data, "_WARNING") + _messages(data, "_INFO"))
             fail(f"{what} recovered nothing (exit 0 without a recovery report)" + (f"; it said: {said}" if said else ""), ())
-        warnings = [str(w) for w in data.get("warnings") or [] if w]
-        took = data.get("recovery_elapsed_time")
-        return f"{what}: recovered{f' in {took}' if took else ''}" + (f"; Barman warned: {'; '.join(warnings)}" if warnings else "")
+        return [str(w) for w in data.get("warnings") or [] if w]
 
     def newest_id(self, listed: Any) -> tuple[str, list[dict]]:
         """The id of the newest DONE backup in list-backups' entries for the server,

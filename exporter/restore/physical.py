@@ -187,7 +187,7 @@ def _connect_when_ready(target: TargetConfig, dsn: str, deadline: float) -> psyc
             time.sleep(0.2)
 
 
-def _restore_pgbackrest(target: TargetConfig, info: BackupInfo, data: Path, timeout: float, on_start) -> None:
+def _restore_pgbackrest(target: TargetConfig, info: BackupInfo, data: Path, timeout: float, on_start) -> list[str]:
     config = target.backup
     args = [f"--stanza={config.stanza}"]
     if config.config_file:
@@ -201,22 +201,24 @@ def _restore_pgbackrest(target: TargetConfig, info: BackupInfo, data: Path, time
     except ToolError as exc:
         message = scrub(str(exc), target.secrets())
         raise (DrillError(message) if exc.timed_out or exc.returncode is None else RestoreFailed(message)) from None
+    return []
 
 
-def _restore_barman(target: TargetConfig, info: BackupInfo, data: Path, timeout: float, on_start) -> None:
+def _restore_barman(target: TargetConfig, info: BackupInfo, data: Path, timeout: float, on_start) -> list[str]:
     # Local recovery: Barman's user writes into data, so it must be the drill's user
     # (restore.os_user) or able to write into that user's folder.
     source = BarmanBackupSource(target.backup)
     try:
-        said = source.recover(info.id, data, timeout, on_start=on_start)
+        warnings = source.recover(info.id, data, timeout, on_start=on_start)
     except BackupUnreadable as exc:
         raise RestoreFailed(scrub(str(exc), target.secrets())) from None
     except BackupSourceError as exc:
         raise DrillError(scrub(str(exc), target.secrets())) from None
-    log.info("target %s: %s", target.name, said, extra={"target": target.name})
+    return [scrub(f"barman recover warned: {warning}", target.secrets()) for warning in warnings]
 
 
-# Backups a tool restores into an empty data folder: kind prefix -> how.
+# Backups a tool restores into an empty data folder: kind prefix -> how (each returns
+# the tool's warnings, for the drill's notes).
 _TOOL_RESTORES = {"pgbackrest": _restore_pgbackrest, "barman": _restore_barman}
 
 
@@ -250,8 +252,8 @@ def drill_physical(target: TargetConfig, info: BackupInfo, keep: bool = False) -
             if user:
                 shutil.chown(folder, user)
                 shutil.chown(data, user)
-            restore(target, info, data, max(deadline - time.monotonic(), 1),
-                    lambda proc: active.register_process(name, proc))
+            result.notes += restore(target, info, data, max(deadline - time.monotonic(), 1),
+                                    lambda proc: active.register_process(name, proc))
         else:
             shutil.copytree(info.location, data, symlinks=True)
         try:

@@ -315,3 +315,33 @@ def test_verify_runs_under_the_timeout(standin):
         slow.verify_readable(info, 150018)
     assert time.monotonic() - started < 5
     assert wait_dead(standin.child_pid("slow"))
+
+
+# --- recover, for the restore drill (the real one: tests/restore/test_barman_drill.py) -----------
+
+RECOVERED = {"_INFO": ["Starting local restore for server pg15 using backup 20261127T174138", "Copying the base backup."],
+             "changes": [], "changes_count": 0, "missing_files": [], "recovery_elapsed_time": "2 seconds",
+             "recovery_elapsed_time_seconds": 2.4, "recovery_start_time": "2026-12-02 12:49:30.135787+00:00",
+             "warnings": [], "warnings_count": 0}
+
+
+def test_recover_asks_for_the_backups_end_and_returns_barmans_warnings(standin, tmp_path):
+    answer = dict(RECOVERED, warnings=["archive_command: 'false'"], warnings_count=1)
+    binary = standin.dispatch("barman", {"recover": (dumps(answer), 0)})
+    assert barman(binary).recover(NEWEST, tmp_path / "data", 30) == ["archive_command: 'false'"]
+    assert standin.calls("barman") == ["-f", "json", "recover", "--target-immediate", "--target-action", "promote",
+                                       "pg15", NEWEST, str(tmp_path / "data")]
+    assert barman(standin.dispatch("barman", {"recover": (dumps(RECOVERED), 0)})).recover(NEWEST, tmp_path, 30) == []
+
+
+def test_recover_that_barman_refuses_is_unreadable_with_its_words(standin, tmp_path):
+    answer = {"_ERROR": ["Unknown backup '20000101T000000' for server 'pg15'"]}
+    binary = standin.dispatch("barman", {"recover": (dumps(answer), 1)})
+    with pytest.raises(BackupUnreadable, match="barman recover pg15 20000101T000000: Unknown backup"):
+        barman(binary).recover("20000101T000000", tmp_path, 30)
+
+
+def test_recover_of_an_inactive_server_recovered_nothing(standin, tmp_path):
+    binary = standin.dispatch("barman", {"recover": (b'{"_INFO": ["Skipping inactive server \'pg15\'"]}', 0)})
+    with pytest.raises(BackupSourceError, match="recovered nothing .*Skipping inactive server"):
+        barman(binary).recover(NEWEST, tmp_path, 30)
