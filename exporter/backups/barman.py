@@ -321,7 +321,9 @@ def judge_verify(returncode: int, data: dict, server: str, backup_id: str) -> st
             named = f" ({len(files)} file(s): {', '.join(files[:10])}{', ...' if len(files) > 10 else ''})" if files else ""
             raise BackupUnreadable(f"{what}: pg_verifybackup found the backup damaged{named}: {'; '.join(damage[:10])}"
                                    + (f"; and {len(damage) - 10} more" if len(damage) > 10 else ""))
-        fail(f"{what}: pg_verifybackup could not check the backup: {'; '.join(said) or 'no reason given'}", ())
+        hint = (" (a backup without a backup_manifest: rsync backups need `barman generate-manifest`, "
+                "PostgreSQL before 13 writes none)" if any("backup_manifest" in line for line in said) else "")
+        fail(f"{what}: pg_verifybackup could not check the backup: {'; '.join(said) or 'no reason given'}{hint}", ())
     if errors:
         fail(f"{what}: {'; '.join(errors)}", ())
     if returncode != 0:

@@ -290,6 +290,7 @@ def test_verify_names_the_missing_and_the_corrupted_file(standin):
 
 @pytest.mark.parametrize("case, words", [
     ("no-manifest", "could not check the backup: could not open file"),
+    ("no-manifest", "rsync backups need `barman generate-manifest`"),
     ("denied", "could not check the backup: could not open directory"),
     ("inactive", "verified nothing (exit 0 without pg_verifybackup's 'backup successfully verified'); "
                  "it said: Skipping inactive server 'pg15'"),
