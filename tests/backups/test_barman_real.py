@@ -64,7 +64,6 @@ class BarmanRepo:
             "backup_method = postgres\n"
             "streaming_archiver = on\n"
             "slot_name = pgbv_barman\n"
-            "create_slot = auto\n"
             f"path_prefix = {PG15_BIN}\n"
         )
         if self.user:
@@ -76,7 +75,10 @@ class BarmanRepo:
         if self.user:
             command = ["runuser", "-u", self.user, "--", *command]
         # cwd /: Barman's user may not enter the test runner's folder.
-        return subprocess.run(command, check=True, capture_output=True, text=True, timeout=timeout, cwd="/")
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd="/")
+        if done.returncode != 0:
+            raise RuntimeError(f"barman {' '.join(args)} exited with code {done.returncode}: {done.stdout} {done.stderr}")
+        return done
 
     def copy(self) -> BarmanRepo:
         base = _owned_dir("pgbv-barman-copy-", self.user)
@@ -88,6 +90,16 @@ class BarmanRepo:
 
     def data_dir(self, backup_id: str) -> Path:
         return self.home / SERVER / "base" / backup_id / "data"
+
+
+def _wait_for_streaming(cluster: Cluster, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            if conn.execute("SELECT 1 FROM pg_stat_replication WHERE state = 'streaming'").fetchone():
+                return
+            time.sleep(0.2)
+    raise RuntimeError(f"barman receive-wal did not start streaming within {timeout:g} s")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +120,12 @@ def real_barman():
         with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
             conn.execute(f"CREATE TABLE t AS SELECT g FROM generate_series(1, {ROWS}) g")
         started = time.monotonic()
-        repo.barman("cron")  # creates the slot and starts receive-wal in the background
+        # The slot first, so that no WAL is lost before receive-wal connects; cron
+        # starts receive-wal in the background; the WAL switch is only archived once
+        # it streams (under load it may take seconds to connect).
+        repo.barman("receive-wal", "--create-slot", SERVER)
+        repo.barman("cron")
+        _wait_for_streaming(cluster, timeout=60)
         repo.barman("switch-wal", "--force", "--archive", "--archive-timeout", "60", SERVER)
         timings["receive-wal and the first WAL"] = time.monotonic() - started
         started = time.monotonic()
@@ -119,7 +136,7 @@ def real_barman():
     finally:
         try:
             repo.barman("receive-wal", "--stop", SERVER, timeout=30)
-        except (subprocess.SubprocessError, OSError):
+        except (subprocess.SubprocessError, OSError, RuntimeError):
             pass
         cluster.destroy()
         shutil.rmtree(repo.base, ignore_errors=True)
