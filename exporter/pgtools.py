@@ -16,7 +16,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +102,7 @@ def run_tool(
     cwd: str | os.PathLike | None = None,
     *,
     ok_codes: Collection[int] = (0,),
+    on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run tool with args; return the CompletedProcess (text stdout and stderr) when it
     exits with one of ok_codes (only 0 by default).
@@ -111,6 +112,8 @@ def run_tool(
     (the whole process group is killed, so helpers the tool started go too), or when it
     cannot start. ok_codes exists for tools that report a verdict through their exit
     code and still print their answer (``barman -f json`` exits 1 on a failed check).
+    on_start gets the process once started (a restore drill registers it, so that a
+    stopping daemon can kill it).
     """
     if isinstance(tool, Tool):
         program, label = str(tool.path), tool.name
@@ -134,6 +137,8 @@ def run_tool(
         )
     except OSError as exc:
         raise ToolError(f"cannot run {label}: {exc.strerror or exc}") from None
+    if on_start is not None:
+        on_start(proc)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -25,14 +25,37 @@ never used.
 
 ``barman -f json`` exits 1 when it reports an error and still prints JSON, with the
 error in a top-level ``_ERROR`` list; both are read.
+
+backup_readable: ``barman [-c FILE] -f json verify-backup SERVER ID``. Barman runs
+``pg_verifybackup -n`` on the backup's data folder: every file of the backup_manifest
+is on disk with its size and checksum, and no file is on disk that the manifest does
+not list. ``-n``: the WAL is not parsed (Barman keeps it outside the backup). Its traps
+(Barman 3.4, and the same code today):
+
+- an inactive server (``active = false``) is "skipped" with exit 0 and an ``_INFO``
+  line, nothing verified: only pg_verifybackup's own "backup successfully verified"
+  line is taken as a pass, never exit 0 alone;
+- a damaged backup is exit 1 with two ``_ERROR`` entries: "verify backup failure on
+  directory ..." and pg_verifybackup's stderr, one "pg_verifybackup: error: ..." line
+  per problem (``"base/5/1255" is present in the manifest but not on disk``,
+  ``checksum mismatch for file "base/1/1255"``);
+- pg_verifybackup could not look (no backup_manifest, which rsync backups and
+  PostgreSQL before 13 do not have; a folder it may not read) is reported the same way:
+  those lines are told apart from damage by their words;
+- "pg_verifybackup not found" (no pg_verifybackup on Barman's path_prefix or PATH),
+  unknown server or backup: exit 1 with that ``_ERROR``, and nothing was verified.
 """
 
 from __future__ import annotations
 
+import re
+import subprocess
+from collections.abc import Callable
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-from exporter.backups.base import BackupSource, NoBackupFound
+from exporter.backups.base import BackupSource, BackupUnreadable, NoBackupFound
 from exporter.backups.command import excerpt, fail, json_type, parse_json, parse_timestamp, require_int, run_source_tool
 from exporter.config import BarmanBackup
 from exporter.result import BackupInfo
@@ -53,6 +76,19 @@ _BASE_DETAILS = (
     "copy_time_seconds", "number_of_workers", "wal_compression_ratio",
 )
 _WAL_DETAILS = ("no_of_files", "disk_usage_bytes", "last_available", "compression_ratio")
+
+
+# What pg_verifybackup prints when it verified everything it was asked to.
+_VERIFIED = "backup successfully verified"
+# Barman's line before pg_verifybackup's own words when pg_verifybackup exited non-zero.
+_VERIFY_FAILURE = "verify backup failure on directory"
+_TOOL_PREFIX = re.compile(r"^pg_verifybackup: (?:error|fatal): ")
+# pg_verifybackup lines that say it could not look, not that the backup is damaged:
+# a folder or file it may not open, or no manifest at all (rsync backups have none
+# until `barman generate-manifest`; PostgreSQL before 13 writes none).
+_COULD_NOT_LOOK = re.compile(r'Permission denied|could not open file "[^"]*backup_manifest": No such file')
+# The backup file a damage line names: the first quoted path in it.
+_QUOTED = re.compile(r'"([^"]+)"')
 
 
 def _messages(data: dict, key: str) -> list[str]:
@@ -89,13 +125,15 @@ class BarmanBackupSource(BackupSource):
             args += ["-c", str(self.config.config_file)]
         return [*args, "-f", "json", *command]
 
-    def _run_json(self, *command: str) -> dict:
-        """The server's part of a ``barman -f json`` answer; BackupSourceError with
-        Barman's own words when it reports an error."""
+    def _run_barman(self, *command: str, timeout: float | None = None,
+                    on_start: Callable[[subprocess.Popen], None] | None = None) -> tuple[subprocess.CompletedProcess, dict]:
+        """How Barman ran and its ``-f json`` answer (an object); BackupSourceError
+        when it did not run or did not answer in JSON. The source's timeout_seconds
+        unless given one (a restore drill's own)."""
         what = f"barman {command[0]}"
         done = run_source_tool(
             self.config.binary, self._args(*command), what=what,
-            timeout=self.config.timeout_seconds, env=None, secrets=(), ok_codes=(0, 1),
+            timeout=timeout or self.config.timeout_seconds, env=None, secrets=(), ok_codes=(0, 1), on_start=on_start,
         )
         if done.returncode != 0 and not done.stdout.strip():
             # Not Barman's JSON writer speaking: it refused to start ("please run barman
@@ -105,6 +143,13 @@ class BarmanBackupSource(BackupSource):
         data = parse_json(done.stdout, what=what, secrets=())
         if not isinstance(data, dict):
             fail(f"{what} printed {json_type(data)} where a JSON object was expected", ())
+        return done, data
+
+    def _run_json(self, *command: str) -> dict:
+        """The server's part of a ``barman -f json`` answer; BackupSourceError with
+        Barman's own words when it reports an error."""
+        what = f"barman {command[0]}"
+        done, data = self._run_barman(*command)
         errors = _messages(data, "_ERROR") + _messages(data, "_EXCEPTION")
         if errors:
             fail(f"{what}: {'; '.join(errors)}", ())
@@ -124,6 +169,36 @@ class BarmanBackupSource(BackupSource):
         backup_id, skipped = self.newest_id(listed)
         shown = self._run_json("show-backup", server, backup_id)[server]
         return self.info_from_show(shown, backup_id, skipped)
+
+    def checks_readable(self) -> bool:
+        return True
+
+    def verify_readable(self, info: BackupInfo, server_version_num: int | None, pg_bin_dir=None) -> str:
+        done, data = self._run_barman("verify-backup", self.config.server, info.id)
+        return judge_verify(done.returncode, data, self.config.server, info.id)
+
+    def recover(self, backup_id: str, destination: Path, timeout: float,
+                on_start: Callable[[subprocess.Popen], None] | None = None) -> list[str]:
+        """``barman recover`` of the backup into destination, on this host, to the end of
+        the backup and promoted (``--target-immediate``: the copy is consistent and
+        nothing newer is needed). Barman copies the WAL it needs into the folder and
+        writes the restore_command that reads it. Returns the warnings Barman gave.
+        BackupUnreadable when Barman says the recovery failed; BackupSourceError when
+        it did not run or recovered nothing (an inactive server is skipped with exit 0)."""
+        what = f"barman recover {self.config.server} {backup_id}"
+        done, data = self._run_barman(
+            "recover", "--target-immediate", "--target-action", "promote", self.config.server, backup_id, str(destination),
+            timeout=timeout, on_start=on_start,
+        )
+        errors = _messages(data, "_ERROR") + _messages(data, "_EXCEPTION")
+        if errors:
+            raise BackupUnreadable(f"{what}: {'; '.join(errors)}")
+        if done.returncode != 0:
+            fail(f"{what} exited with code {done.returncode}: {excerpt(done.stdout)!r}", ())
+        if "recovery_start_time" not in data:
+            said = "; ".join(_messages(data, "_WARNING") + _messages(data, "_INFO"))
+            fail(f"{what} recovered nothing (exit 0 without a recovery report)" + (f"; it said: {said}" if said else ""), ())
+        return [str(w) for w in data.get("warnings") or [] if w]
 
     def newest_id(self, listed: Any) -> tuple[str, list[dict]]:
         """The id of the newest DONE backup in list-backups' entries for the server,
@@ -227,3 +302,35 @@ class BarmanBackupSource(BackupSource):
         if text is None:
             fail(f"{what}: base_backup_information has no end_time", ())
         return parse_timestamp(text, what=what, key="end_time")  # raises with the reason
+
+
+def judge_verify(returncode: int, data: dict, server: str, backup_id: str) -> str:
+    """What ``barman -f json verify-backup`` proved about the backup. BackupUnreadable
+    naming the damaged files when pg_verifybackup found damage; BackupSourceError when
+    nothing was verified (see the module's notes for each trap)."""
+    what = f"barman verify-backup {server} {backup_id}"
+    infos = _messages(data, "_INFO")
+    errors = _messages(data, "_ERROR") + _messages(data, "_EXCEPTION")
+    if _VERIFY_FAILURE in " ".join(errors):
+        lines = [line.strip() for item in errors if not item.startswith(_VERIFY_FAILURE)
+                 for line in item.splitlines() if line.strip()]
+        said = [_TOOL_PREFIX.sub("", line) for line in lines]
+        damage = [line for line in said if not _COULD_NOT_LOOK.search(line)]
+        if damage:
+            files = list(dict.fromkeys(m.group(1) for line in damage for m in [_QUOTED.search(line)] if m))
+            named = f" ({len(files)} file(s): {', '.join(files[:10])}{', ...' if len(files) > 10 else ''})" if files else ""
+            raise BackupUnreadable(f"{what}: pg_verifybackup found the backup damaged{named}: {'; '.join(damage[:10])}"
+                                   + (f"; and {len(damage) - 10} more" if len(damage) > 10 else ""))
+        hint = (" (a backup without a backup_manifest: rsync backups need `barman generate-manifest`, "
+                "PostgreSQL before 13 writes none)" if any("backup_manifest" in line for line in said) else "")
+        fail(f"{what}: pg_verifybackup could not check the backup: {'; '.join(said) or 'no reason given'}{hint}", ())
+    if errors:
+        fail(f"{what}: {'; '.join(errors)}", ())
+    if returncode != 0:
+        fail(f"{what} exited with code {returncode} without saying why", ())
+    if _VERIFIED not in infos:
+        # Exit 0 without pg_verifybackup's verdict: an inactive server is skipped so.
+        fail(f"{what} verified nothing (exit 0 without pg_verifybackup's '{_VERIFIED}')"
+             + (f"; it said: {'; '.join(infos)}" if infos else ""), ())
+    return (f"{what}: pg_verifybackup checked every file of the backup_manifest (present, size, checksum) "
+            "and found no file the manifest does not list; the WAL was not parsed (-n)")

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import subprocess
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
@@ -56,11 +56,12 @@ def run_source_tool(
     env: Mapping[str, str] | None,
     secrets: Iterable[str],
     ok_codes: Collection[int] = (0,),
+    on_start: Callable[[subprocess.Popen], None] | None = None,
 ) -> subprocess.CompletedProcess:
     """run_tool, with every failure (timeout, exit code, cannot start) turned into
     BackupSourceError("{what}: {the tool's words}") scrubbed of secrets."""
     try:
-        return run_tool(program, args, timeout, env=dict(env) if env else None, ok_codes=ok_codes)
+        return run_tool(program, args, timeout, env=dict(env) if env else None, ok_codes=ok_codes, on_start=on_start)
     except ToolError as exc:
         fail(f"{what}: {exc}", secrets)
 

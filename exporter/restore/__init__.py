@@ -11,12 +11,12 @@ from exporter.result import BackupInfo
 
 def drill(target: TargetConfig, info: BackupInfo, keep: bool = False) -> DrillResult:
     """Run the drill that fits the backup: logical for pg_dump archives, physical for
-    pgBackRest and base backups."""
+    base backups and the pgBackRest and Barman ones."""
     from exporter.restore.logical import RESTORABLE_KINDS, drill_logical
 
     if info.kind in RESTORABLE_KINDS:
         return drill_logical(target, info, keep=keep)
-    if info.kind == "pg_basebackup" or info.kind.startswith("pgbackrest"):
+    if info.kind == "pg_basebackup" or info.kind.startswith(("pgbackrest", "barman")):
         from exporter.restore.physical import drill_physical
 
         return drill_physical(target, info, keep=keep)

@@ -1,7 +1,7 @@
-"""Physical restore drills: a base backup (pg_basebackup folder, or a pgBackRest
-backup restored with --type=immediate) started as a private PostgreSQL on a Unix
-socket in a scratch folder, checked and compared like a logical copy, stopped
-and deleted.
+"""Physical restore drills: a base backup (pg_basebackup folder, a pgBackRest
+backup restored with --type=immediate, or a Barman backup recovered with
+--target-immediate) started as a private PostgreSQL on a Unix socket in a scratch
+folder, checked and compared like a logical copy, stopped and deleted.
 
 The private server is started with settings that keep it private and harmless
 whatever the production configuration it was copied with says: no TCP listener,
@@ -25,6 +25,8 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from exporter.backups.barman import BarmanBackupSource
+from exporter.backups.base import BackupSourceError, BackupUnreadable
 from exporter.config import TargetConfig
 from exporter.db import TargetUnreachable, connect_dsn
 from exporter.pgtools import Tool, ToolError, ToolNotFound, candidates, probe, run_tool
@@ -185,7 +187,7 @@ def _connect_when_ready(target: TargetConfig, dsn: str, deadline: float) -> psyc
             time.sleep(0.2)
 
 
-def _restore_pgbackrest(target: TargetConfig, info: BackupInfo, data: Path, timeout: float) -> None:
+def _restore_pgbackrest(target: TargetConfig, info: BackupInfo, data: Path, timeout: float, on_start) -> list[str]:
     config = target.backup
     args = [f"--stanza={config.stanza}"]
     if config.config_file:
@@ -195,10 +197,33 @@ def _restore_pgbackrest(target: TargetConfig, info: BackupInfo, data: Path, time
     args += ["restore", f"--set={info.id}", "--type=immediate", "--target-action=promote",
              "--archive-mode=off", f"--pg1-path={data}"]
     try:
-        run_tool(config.binary, args, timeout=timeout)
+        run_tool(config.binary, args, timeout=timeout, on_start=on_start)
     except ToolError as exc:
         message = scrub(str(exc), target.secrets())
         raise (DrillError(message) if exc.timed_out or exc.returncode is None else RestoreFailed(message)) from None
+    return []
+
+
+def _restore_barman(target: TargetConfig, info: BackupInfo, data: Path, timeout: float, on_start) -> list[str]:
+    # Local recovery: Barman's user writes into data, so it must be the drill's user
+    # (restore.os_user) or able to write into that user's folder.
+    source = BarmanBackupSource(target.backup)
+    try:
+        warnings = source.recover(info.id, data, timeout, on_start=on_start)
+    except BackupUnreadable as exc:
+        raise RestoreFailed(scrub(str(exc), target.secrets())) from None
+    except BackupSourceError as exc:
+        raise DrillError(scrub(str(exc), target.secrets())) from None
+    return [scrub(f"barman recover warned: {warning}", target.secrets()) for warning in warnings]
+
+
+# Backups a tool restores into an empty data folder: kind prefix -> how (each returns
+# the tool's warnings, for the drill's notes).
+_TOOL_RESTORES = {"pgbackrest": _restore_pgbackrest, "barman": _restore_barman}
+
+
+def _tool_restore(kind: str):
+    return next((restore for prefix, restore in _TOOL_RESTORES.items() if kind.startswith(prefix)), None)
 
 
 def drill_physical(target: TargetConfig, info: BackupInfo, keep: bool = False) -> DrillResult:
@@ -221,12 +246,14 @@ def drill_physical(target: TargetConfig, info: BackupInfo, keep: bool = False) -
     active.register(name, lambda: (server.stop() if server else None, remove_folder(folder)))
     try:
         restore_started = time.monotonic()
-        if info.kind.startswith("pgbackrest"):
+        restore = _tool_restore(info.kind)
+        if restore is not None:
             data.mkdir(mode=0o700)
             if user:
                 shutil.chown(folder, user)
                 shutil.chown(data, user)
-            _restore_pgbackrest(target, info, data, max(deadline - time.monotonic(), 1))
+            result.notes += restore(target, info, data, max(deadline - time.monotonic(), 1),
+                                    lambda proc: active.register_process(name, proc))
         else:
             shutil.copytree(info.location, data, symlinks=True)
         try:

@@ -24,7 +24,7 @@ class DrillResult:
     scratch: str  # the scratch database or folder
     backup_id: str
     duration_seconds: float = 0.0  # the whole drill: create, restore, check, compare
-    restore_seconds: float = 0.0  # pg_restore (or pgbackrest restore and start-up) alone
+    restore_seconds: float = 0.0  # pg_restore (or pgbackrest restore, barman recover, and start-up) alone
     items: int = 0
     copy_checks: list[CheckResult] = field(default_factory=list)
     rows: dict[str, int | None] = field(default_factory=dict)  # exact counts in the copy

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from exporter.backups import BarmanBackupSource, source_for
-from exporter.backups.base import BackupSourceError, NoBackupFound
+from exporter.backups.base import BackupSourceError, BackupUnreadable, NoBackupFound
 from exporter.config import BarmanBackup
 from tests.backups.test_command import FIXTURES, StandIn, runuser_wrapper, wait_dead
 
@@ -219,7 +219,7 @@ def test_an_end_time_missing_everywhere(standin):
 def test_registered_as_the_barman_source():
     found = source_for(BarmanBackup(source="barman", server="pg15"))
     assert isinstance(found, BarmanBackupSource)
-    assert not found.checks_readable()
+    assert found.checks_readable()  # barman verify-backup
 
 
 def test_barman_through_a_wrapper_running_it_as_another_user(public_dir, tmp_path):
@@ -234,3 +234,115 @@ def test_barman_through_a_wrapper_running_it_as_another_user(public_dir, tmp_pat
         barman(guarded).latest()
     wrapper = runuser_wrapper(tmp_path, "barman-as-nobody", guarded)
     assert barman(wrapper).latest().id == NEWEST
+
+
+# --- verify-backup: Barman 3.4's real answers (captured from tests/backups/test_barman_real.py's setup) ---
+
+VERIFYING = "Verifying backup '20261127T174138' on server ['pg15']"
+DATA = "/var/lib/barman/pg15/base/20261127T174138/data"
+VERIFY_ANSWERS = {
+    "good": ({"_INFO": [VERIFYING, "Calling pg_verifybackup", "backup successfully verified"]}, 0),
+    "damaged": ({"_ERROR": [f"verify backup failure on directory '{DATA}'",
+                            'pg_verifybackup: error: "base/5/1255" is present in the manifest but not on disk\n'
+                            'pg_verifybackup: error: checksum mismatch for file "base/1/1255"\n'],
+                 "_INFO": [VERIFYING, "Calling pg_verifybackup"]}, 1),
+    "no-manifest": ({"_ERROR": [f"verify backup failure on directory '{DATA}'",
+                                f'pg_verifybackup: error: could not open file "{DATA}/backup_manifest": No such file or directory\n'],
+                     "_INFO": [VERIFYING, "Calling pg_verifybackup"]}, 1),
+    "denied-and-missing": ({"_ERROR": [f"verify backup failure on directory '{DATA}'",
+                                       f'pg_verifybackup: error: could not open directory "{DATA}/base/1": Permission denied\n'
+                                       'pg_verifybackup: error: "base/5/1255" is present in the manifest but not on disk\n'],
+                            "_INFO": [VERIFYING, "Calling pg_verifybackup"]}, 1),
+    "denied": ({"_ERROR": [f"verify backup failure on directory '{DATA}'",
+                           f'pg_verifybackup: error: could not open directory "{DATA}/base/1": Permission denied\n'],
+                "_INFO": [VERIFYING, "Calling pg_verifybackup"]}, 1),
+    "inactive": ({"_INFO": ["Skipping inactive server 'pg15'"]}, 0),
+    "no-pg_verifybackup": ({"_ERROR": ["pg_verifybackup not found"], "_INFO": [VERIFYING, "Calling pg_verifybackup"]}, 1),
+    "unknown-backup": ({"_ERROR": ["Unknown backup '20261127T174138' for server 'pg15'"]}, 1),
+}
+
+
+def verify(standin, case: str) -> str:
+    data, code = VERIFY_ANSWERS[case]
+    binary = standin.dispatch("barman", {"list-backups": (LIST, 0), "show-backup": (SHOW, 0), "verify-backup": (dumps(data), code)})
+    source = barman(binary)
+    info = source.latest()
+    try:
+        return source.verify_readable(info, 150018)
+    finally:
+        assert standin.calls("barman") == ["-f", "json", "verify-backup", "pg15", NEWEST]
+
+
+def test_verify_of_a_good_backup_says_what_was_proved(standin):
+    message = verify(standin, "good")
+    assert message.startswith(f"barman verify-backup pg15 {NEWEST}: pg_verifybackup checked every file")
+    assert "WAL was not parsed" in message
+
+
+def test_verify_names_the_missing_and_the_corrupted_file(standin):
+    with pytest.raises(BackupUnreadable) as caught:
+        verify(standin, "damaged")
+    message = str(caught.value)
+    assert "2 file(s): base/5/1255, base/1/1255" in message
+    assert '"base/5/1255" is present in the manifest but not on disk' in message
+    assert 'checksum mismatch for file "base/1/1255"' in message
+
+
+@pytest.mark.parametrize("case, words", [
+    ("no-manifest", "could not check the backup: could not open file"),
+    ("no-manifest", "rsync backups need `barman generate-manifest`"),
+    ("denied", "could not check the backup: could not open directory"),
+    ("inactive", "verified nothing (exit 0 without pg_verifybackup's 'backup successfully verified'); "
+                 "it said: Skipping inactive server 'pg15'"),
+    ("no-pg_verifybackup", "pg_verifybackup not found"),
+    ("unknown-backup", "Unknown backup"),
+])
+def test_verify_that_could_not_look_is_an_error_never_a_pass(standin, case, words):
+    with pytest.raises(BackupSourceError) as caught:
+        verify(standin, case)
+    assert words in str(caught.value)
+
+
+def test_damage_seen_next_to_an_unreadable_folder_is_still_damage(standin):
+    with pytest.raises(BackupUnreadable, match=r"1 file\(s\): base/5/1255\)"):
+        verify(standin, "denied-and-missing")
+
+
+def test_verify_runs_under_the_timeout(standin):
+    info = barman(standin.dispatch("barman", {"list-backups": (LIST, 0), "show-backup": (SHOW, 0)})).latest()
+    slow = barman(standin.sleeps("slow"), timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(BackupSourceError, match="barman verify-backup: slow timed out after 0.5 s"):
+        slow.verify_readable(info, 150018)
+    assert time.monotonic() - started < 5
+    assert wait_dead(standin.child_pid("slow"))
+
+
+# --- recover, for the restore drill (the real one: tests/restore/test_barman_drill.py) -----------
+
+RECOVERED = {"_INFO": ["Starting local restore for server pg15 using backup 20261127T174138", "Copying the base backup."],
+             "changes": [], "changes_count": 0, "missing_files": [], "recovery_elapsed_time": "2 seconds",
+             "recovery_elapsed_time_seconds": 2.4, "recovery_start_time": "2026-12-02 12:49:30.135787+00:00",
+             "warnings": [], "warnings_count": 0}
+
+
+def test_recover_asks_for_the_backups_end_and_returns_barmans_warnings(standin, tmp_path):
+    answer = dict(RECOVERED, warnings=["archive_command: 'false'"], warnings_count=1)
+    binary = standin.dispatch("barman", {"recover": (dumps(answer), 0)})
+    assert barman(binary).recover(NEWEST, tmp_path / "data", 30) == ["archive_command: 'false'"]
+    assert standin.calls("barman") == ["-f", "json", "recover", "--target-immediate", "--target-action", "promote",
+                                       "pg15", NEWEST, str(tmp_path / "data")]
+    assert barman(standin.dispatch("barman", {"recover": (dumps(RECOVERED), 0)})).recover(NEWEST, tmp_path, 30) == []
+
+
+def test_recover_that_barman_refuses_is_unreadable_with_its_words(standin, tmp_path):
+    answer = {"_ERROR": ["Unknown backup '20000101T000000' for server 'pg15'"]}
+    binary = standin.dispatch("barman", {"recover": (dumps(answer), 1)})
+    with pytest.raises(BackupUnreadable, match="barman recover pg15 20000101T000000: Unknown backup"):
+        barman(binary).recover("20000101T000000", tmp_path, 30)
+
+
+def test_recover_of_an_inactive_server_recovered_nothing(standin, tmp_path):
+    binary = standin.dispatch("barman", {"recover": (b'{"_INFO": ["Skipping inactive server \'pg15\'"]}', 0)})
+    with pytest.raises(BackupSourceError, match="recovered nothing .*Skipping inactive server"):
+        barman(binary).recover(NEWEST, tmp_path, 30)
