@@ -29,18 +29,20 @@ from exporter.spool import Spool, _lines_from_end
 from exporter.verify import write
 from tests.conftest import execute, make_target
 from tests.pgcluster import Cluster
-from tests.test_daemon import RunningDaemon
+from tests.test_daemon import RunningDaemon, cluster  # noqa: F401 - cluster: the private cluster fixture
 from tests.test_verify import pgbv
 
 BACKUP_CHECKS = ["backup_age", "backup_size", "backup_readable"]
 
 
-@pytest.fixture
-def cluster():
-    c = Cluster()
-    c.start()
-    yield c
-    c.destroy()
+def seeded(cluster: Cluster, tmp_path: Path) -> tuple[str, Path, Path]:
+    """The cluster's database with a critical table and the log table, and a folder
+    holding a custom dump of it: (dsn, folder, archive)."""
+    dsn = cluster.dsn()
+    seed(dsn)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    return dsn, backups, dump(dsn, backups / "app-1.dump")
 
 
 def seed(dsn: str) -> None:
@@ -84,11 +86,7 @@ def log_rows(dsn: str) -> list[tuple]:
 
 
 def test_verify_on_a_stopped_database_runs_the_backup_checks_and_names_the_skipped(cluster, tmp_path):
-    dsn = cluster.dsn()
-    seed(dsn)
-    backups = tmp_path / "backups"
-    backups.mkdir()
-    archive = dump(dsn, backups / "app-1.dump")
+    dsn, backups, archive = seeded(cluster, tmp_path)
     config = write_config(tmp_path, target_entry(dsn, backups))
     cluster.stop()
 
@@ -119,11 +117,7 @@ def test_verify_on_a_stopped_database_runs_the_backup_checks_and_names_the_skipp
 
 
 def test_an_unreachable_run_is_recorded_with_the_backup_checks_in_a_log_database_elsewhere(cluster, demo_db, tmp_path):
-    dsn = cluster.dsn()
-    seed(dsn)
-    backups = tmp_path / "backups"
-    backups.mkdir()
-    dump(dsn, backups / "app-1.dump")
+    dsn, backups, _ = seeded(cluster, tmp_path)
     config = write_config(tmp_path, target_entry(dsn, backups, log_dsn=demo_db))
     healthy = pgbv("verify", "--config", str(config))
     assert healthy.returncode == 0, healthy.stdout
@@ -147,11 +141,7 @@ def test_an_unreachable_run_is_recorded_with_the_backup_checks_in_a_log_database
 
 
 def test_the_daemon_keeps_checking_the_backups_while_the_database_is_down(cluster, tmp_path):
-    dsn = cluster.dsn()
-    seed(dsn)
-    backups = tmp_path / "backups"
-    backups.mkdir()
-    old = dump(dsn, backups / "app-1.dump")
+    dsn, backups, old = seeded(cluster, tmp_path)
     hours_ago = time.time() - 3 * 3600
     os.utime(old, (hours_ago, hours_ago))
     config = write_config(tmp_path, target_entry(dsn, backups), schedule={"interval_minutes": 1, "refresh_seconds": 1},
