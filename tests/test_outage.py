@@ -259,3 +259,26 @@ def test_the_newest_spooled_row_costs_its_own_size_not_the_spool(tmp_path):
     assert json.loads(last)["verified_at"] == (now - timedelta(minutes=1)).isoformat()
     assert Counting.read_bytes <= 2 * 4096 < size // 10
     assert spool.newest("app")["verified_at"] == (now - timedelta(minutes=1)).isoformat()
+
+
+def test_with_the_log_database_unreachable_the_picture_comes_from_the_spool(tmp_path):
+    # A daemon restarted in an outage: its log database (the target) is down, and the
+    # runs of the previous process wait in the spool. Without the merge, the picture
+    # would be the configured zeros until the database came back.
+    from tests.test_daemon import daemon_for, picture, target_data
+
+    dead = "host=127.0.0.1 port=1 dbname=postgres user=postgres"
+    daemon = daemon_for(tmp_path, [target_data("app", dead)])
+    now = datetime.now(timezone.utc)
+    spooled = run_at(now - timedelta(minutes=2), now - timedelta(hours=1), unreachable="refused")
+    daemon.spool.add("app", spooled)
+    daemon.refresh()
+    shown = picture(daemon, "app")
+    assert shown.up is False and shown.last_status == "failure"
+    assert shown.backup_completion_timestamp == pytest.approx((now - timedelta(hours=1)).timestamp())
+    assert shown.check_success == {"backup_age": 1}
+    assert daemon.current_snapshot().spool_rows == 1
+    # A run in the outage shows at once, without waiting for a refresh.
+    result = daemon.run_target(daemon.settings.targets[0], "schedule")
+    assert result.unreachable and picture(daemon, "app").last_run_timestamp > shown.last_run_timestamp
+    assert daemon.current_snapshot().spool_rows == 2
