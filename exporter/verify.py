@@ -134,16 +134,12 @@ def _verify(
     return result
 
 
-def unreachable_result(
-    target: TargetConfig, reason: str, verified_at: datetime, started: float,
-    log_conn: psycopg.Connection | None = None,
-) -> RunResult:
-    """The run of a target that could not be reached (recorded as a failure): the backup
-    source is still asked and the checks that need no database still run; log_conn, an
-    open session on a log database elsewhere (log_dsn), gives the previous run."""
-    log_problem = None if log_conn is not None else f"target {target.name} unreachable: {reason}"
-    return _verify(target, None, log_conn, verified_at=verified_at, started=started, drill=False, keep=False,
-                   unreachable=reason, log_problem=log_problem)
+def unreachable_result(target: TargetConfig, reason: str, verified_at: datetime, started: float) -> RunResult:
+    """The run of a target that could not be reached and holds its own log table (recorded
+    as a failure): the backup source is still asked and the checks that need no
+    database still run, without a previous run to compare with."""
+    return _verify(target, None, None, verified_at=verified_at, started=started, drill=False, keep=False,
+                   unreachable=reason, log_problem=f"target {target.name} unreachable: {reason}")
 
 
 def verify_target(
