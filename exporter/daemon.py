@@ -52,6 +52,17 @@ SAME_PERIOD_SHARE = 0.9
 HEALTH_STALL_SECONDS = 60
 
 
+def outage_line(result: RunResult) -> str:
+    """What a run of an unreachable target did, in words: which checks ran, with their
+    outcomes, and which it skipped."""
+    ran = ", ".join(f"{check.name} {check.outcome}" for check in result.checks) or "none"
+    line = f"target {result.target} unreachable: {result.unreachable}; checks that need no database ran: {ran}"
+    skipped = result.facts.get("skipped_checks")
+    if skipped:
+        line += f"; skipped (they need the database): {', '.join(skipped)}"
+    return line
+
+
 def advisory_key(target: str) -> int:
     """A stable 64-bit lock key per target (hashtext differs between PostgreSQL versions)."""
     return int.from_bytes(hashlib.sha256(f"pgbv-run:{target}".encode()).digest()[:8], "big", signed=True)
@@ -160,12 +171,15 @@ class Daemon:
             session = connect(target, log=True)
         except TargetUnreachable as exc:
             # No log database: nobody can coordinate. Verify anyway; the row goes to the spool.
-            log.warning("%s; verifying without the replica lock", exc, extra={"target": target.name})
             if target.log_dsn is None:
-                # The log database is the target: no second connect (and timeout) to the same server.
+                # The log database is the target: no second connect (and timeout) to the same
+                # server. The backup checks run all the same (_finish says what ran).
                 result = unreachable_result(target, exc.reason, verified_at, started)
             else:
                 result = verify_target(target, record_result=False)
+                if result.unreachable is None:
+                    log.warning("%s; verified target %s without the replica lock", exc, target.name,
+                                extra={"target": target.name})
             return self._finish(target, result, reason, None)
         try:
             with session.transaction():
@@ -189,6 +203,9 @@ class Daemon:
 
     def _finish(self, target: TargetConfig, result: RunResult, reason: str, session: psycopg.Connection | None) -> RunResult:
         result.facts["trigger"] = reason
+        if result.unreachable is not None:
+            log.warning("%s", outage_line(result), extra={"target": target.name})
+        read_at = time.monotonic()
         written = self._write(target, result, session)
         message, extra = run_line(result)
         (log.info if result.status == "success" else log.warning)(message, extra=extra)
@@ -198,7 +215,11 @@ class Daemon:
                 self._flush(target, session)
             self._read_picture_on(session, target, result.unreachable is None)
         else:
-            self._mark_dirty(target.name)  # the refresh thread writes the spooled row and re-reads
+            # Shown at once from the spool (the log database cannot give it back); the
+            # refresh thread writes the spooled row and re-reads when it can.
+            before = self._picture(target)
+            self._publish([(read_at, self._with_spool(target, replace(before, up=result.unreachable is None)))])
+            self._mark_dirty(target.name)
         return result
 
     def _already_ran(self, conn: psycopg.Connection, target: TargetConfig) -> bool:
@@ -291,7 +312,19 @@ class Daemon:
             log.debug("target %s: snapshot not refreshed after the run: %s", target.name, exc)
             self._mark_dirty(target.name)
             return
-        self._publish([(read_at, picture)])
+        self._publish([(read_at, self._with_spool(target, picture))])
+
+    def _picture(self, target: TargetConfig) -> snapshot.TargetSnapshot:
+        return next((t for t in self._snapshot.targets if t.name == target.name), None) or snapshot.configured(target)
+
+    def _with_spool(self, target: TargetConfig, picture: snapshot.TargetSnapshot) -> snapshot.TargetSnapshot:
+        """picture with the target's newest spooled run when that one is newer (an outage)."""
+        try:
+            row = self.spool.newest(target.name)
+        except SpoolError as exc:
+            log.error("cannot read the spool: %s", exc)
+            return picture
+        return snapshot.with_spooled(picture, row)
 
     def _mark_dirty(self, name: str) -> None:
         with self._dirty_lock:
@@ -349,15 +382,17 @@ class Daemon:
                 standby = False
             if not standby and self._spool_pending(target.name):
                 self._flush(target, conn)
-            return snapshot.read_target(conn, target, up)
+            picture = snapshot.read_target(conn, target, up)
         except TargetUnreachable as exc:
             log.debug("target %s: snapshot not refreshed: %s", target.name, exc)
-            return replace(before, up=False if shared else up)
+            picture = replace(before, up=False if shared else up)
         except psycopg.Error as exc:
             log.debug("target %s: snapshot not refreshed: %s", target.name, exc)
-            return replace(before, up=up)
+            picture = replace(before, up=up)
         finally:
             close(conn)
+        # Whatever the log database said (or could not say), runs still in the spool are newer.
+        return self._with_spool(target, picture)
 
     def _flush(self, target: TargetConfig, conn: psycopg.Connection) -> None:
         """Write the target's spooled rows on an open session of its log database (in one

@@ -103,11 +103,11 @@ def _render_text_one(result: RunResult, colour: bool) -> str:
     status = _paint(result.status.upper(), result.status, colour)
     if result.unreachable is not None:
         lines.append(f"target {result.target}: {status}: unreachable: {result.unreachable}")
-        return "\n".join(lines)
-    lines.append(
-        f"target {result.target}: {status} - {result.checks_passed} passed, {result.checks_failed} failed, "
-        f"{result.checks_warned} warned, in {result.duration_seconds:.2f} s at {_iso(result.verified_at)}"
-    )
+    else:
+        lines.append(
+            f"target {result.target}: {status} - {result.checks_passed} passed, {result.checks_failed} failed, "
+            f"{result.checks_warned} warned, in {result.duration_seconds:.2f} s at {_iso(result.verified_at)}"
+        )
     if result.backup is not None:
         info = result.backup.info
         if info is not None:
@@ -122,11 +122,13 @@ def _render_text_one(result: RunResult, colour: bool) -> str:
     for check in result.checks:
         outcome = _paint(check.outcome.ljust(7), check.outcome, colour)
         lines.append(f"  {check.name.ljust(width)}  {outcome}  {check.message}")
+    if result.facts.get("skipped_checks"):
+        lines.append(f"skipped, the database being unreachable: {', '.join(result.facts['skipped_checks'])}")
     if result.id is not None:
         lines.append(f"recorded in backup_verification_log as {result.id}")
     elif result.record_error is not None:
         lines.append(f"NOT recorded: {result.record_error}")
-    else:
+    elif result.unreachable is None:
         lines.append("not recorded (--no-record)")
     return "\n".join(lines)
 

@@ -2,14 +2,17 @@
 
 It is rebuilt from the log table after every run and every refresh_seconds, so
 every replica serves the same values and a restarted daemon serves the last
-verdict at once. A scrape only reads the current Snapshot object; it never
+verdict at once. A run still waiting in the spool (the log database could not
+take it) and newer than the table's newest row of its target is shown in its
+place (with_spooled). A scrape only reads the current Snapshot object; it never
 queries a database.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -160,33 +163,66 @@ def read_target(conn: psycopg.Connection, target: TargetConfig, up: bool, now: d
         return TargetSnapshot(**{**base.__dict__, "up": up, "success_ratio": success_ratio, **drills})
     verified_at, status, details = latest
     details = details if isinstance(details, dict) else {}
+    return TargetSnapshot(
+        **{
+            **base.__dict__,
+            "up": up,
+            **_run_fields(verified_at, status, details),
+            "last_success_timestamp": _success_end(last_success, details, verified_at),
+            "success_ratio": success_ratio,
+            **drills,
+        }
+    )
+
+
+def _run_fields(verified_at: datetime, status: str, details: dict) -> dict[str, Any]:
+    """The fields of a picture that come from the target's newest run, whether it was
+    read from the log table or from the spool."""
     checks = [c for c in details.get("checks") or [] if isinstance(c, dict)]
     outcomes = [c.get("outcome") for c in checks]
     backup = details.get("backup") if isinstance(details.get("backup"), dict) else None
     completion = _ts(backup.get("finished_at")) if backup else None
     duration = details.get("duration_seconds")
-    return TargetSnapshot(
-        **{
-            **base.__dict__,
-            "up": up,
-            "last_run_timestamp": verified_at.timestamp() + (duration if isinstance(duration, (int, float)) else 0.0),
-            "last_success_timestamp": _success_end(last_success, details, verified_at),
-            "last_status": status,
-            "last_duration_seconds": float(duration) if isinstance(duration, (int, float)) else None,
-            "checks_passed": sum(1 for o in outcomes if o == "pass"),
-            "checks_warned": sum(1 for o in outcomes if o == "warn"),
-            "checks_failed": sum(1 for o in outcomes if o in ("fail", "error")),
-            "check_success": {str(c.get("name")): 0 if c.get("outcome") in ("fail", "error") else 1 for c in checks},
-            "backup_completion_timestamp": completion,
-            "backup_age_seconds": (verified_at.timestamp() - completion) if completion is not None else None,
-            "backup_size_bytes": backup.get("size_bytes") if backup else None,
-            "database_size_bytes": details.get("database_size_bytes"),
-            "table_rows": _int_map(details.get("row_counts")),
-            "rls_policies": _int_map(details.get("rls_policies")),
-            "success_ratio": success_ratio,
-            **drills,
-        }
-    )
+    return {
+        "last_run_timestamp": verified_at.timestamp() + (duration if isinstance(duration, (int, float)) else 0.0),
+        "last_status": status,
+        "last_duration_seconds": float(duration) if isinstance(duration, (int, float)) else None,
+        "checks_passed": sum(1 for o in outcomes if o == "pass"),
+        "checks_warned": sum(1 for o in outcomes if o == "warn"),
+        "checks_failed": sum(1 for o in outcomes if o in ("fail", "error")),
+        "check_success": {str(c.get("name")): 0 if c.get("outcome") in ("fail", "error") else 1 for c in checks},
+        "backup_completion_timestamp": completion,
+        "backup_age_seconds": (verified_at.timestamp() - completion) if completion is not None else None,
+        "backup_size_bytes": backup.get("size_bytes") if backup else None,
+        "database_size_bytes": details.get("database_size_bytes"),
+        "table_rows": _int_map(details.get("row_counts")),
+        "rls_policies": _int_map(details.get("rls_policies")),
+    }
+
+
+def with_spooled(picture: TargetSnapshot, row: Mapping[str, Any] | None) -> TargetSnapshot:
+    """picture, with the spooled row (Spool.newest) as the newest run when that run is
+    newer than the one the picture shows: while the log database cannot take the
+    rows, the runs of an outage (the backup checks, the backup's age) still show.
+
+    The rest stays as read from the log table: success ratios and restore drills
+    count recorded rows only, and catch up when the spool is flushed; up is not
+    the row's to say.
+    """
+    if row is None or not isinstance(row.get("verified_at"), str):
+        return picture
+    try:
+        verified_at = datetime.fromisoformat(row["verified_at"])
+    except ValueError:
+        return picture
+    if verified_at.tzinfo is None:
+        return picture
+    details = row.get("verification_details")
+    fields = _run_fields(verified_at, row.get("status"), details if isinstance(details, dict) else {})
+    if picture.last_run_timestamp is not None and fields["last_run_timestamp"] <= picture.last_run_timestamp:
+        return picture  # the table already shows this run (or a later one)
+    success = fields["last_run_timestamp"] if row.get("status") == "success" else picture.last_success_timestamp
+    return replace(picture, **fields, last_success_timestamp=success)
 
 
 def _success_end(row: Any, latest_details: dict, latest_verified_at: datetime) -> float | None:

@@ -171,6 +171,35 @@ def _append(path: Path, data: bytes) -> None:
         _fsync_dir(path.parent)
 
 
+# How much of a spool file newest() reads at a time, from the end.
+_TAIL_CHUNK = 64 * 1024
+
+
+def _lines_from_end(handle: Any, size: int, chunk: int = _TAIL_CHUNK) -> Iterator[bytes]:
+    """The complete lines of the open file, the last first, reading chunk bytes at a
+    time from the end: the cost is the size of the lines consumed, not of the file.
+    Bytes after the last newline (a line cut short, or an append in progress) are
+    not a line."""
+    position, buffer, ended = size, b"", False
+    while position > 0:
+        step = min(chunk, position)
+        position -= step
+        handle.seek(position)
+        buffer = handle.read(step) + buffer
+        if not ended:
+            last = buffer.rfind(b"\n")
+            if last < 0:
+                continue
+            buffer, ended = buffer[: last + 1], True
+        # buffer ends with a newline; every newline before it starts a complete line.
+        while (cut := buffer.rfind(b"\n", 0, len(buffer) - 1)) >= 0:
+            line, buffer = buffer[cut + 1 : -1], buffer[: cut + 1]
+            if line.strip():
+                yield line
+    if ended and buffer[:-1].strip():
+        yield buffer[:-1]  # the file's first line
+
+
 def _split(data: bytes) -> tuple[list[tuple[int, bytes]], bytes | None]:
     """(numbered complete lines, the cut-short last line or None)."""
     lines = data.split(b"\n")
@@ -246,6 +275,27 @@ class Spool:
                 raise SpoolError(f"cannot read the spool file {path}: {exc.strerror or exc}") from None
             total += len(_split(data)[0])
         return total
+
+    def newest(self, target_name: str) -> dict[str, Any] | None:
+        """The target's newest pending row (the last usable line, as spooled: JSON data
+        with ISO times), or None; for the snapshot while the log database cannot take
+        the rows. Neither flushes nor locks: the file is read backwards from its end,
+        so a spool grown long in an outage costs only its last lines, and an append in
+        progress is not a line yet. Raises SpoolError naming the path when unreadable."""
+        path = self.path(target_name)
+        try:
+            with open(path, "rb") as handle:
+                for line in _lines_from_end(handle, os.fstat(handle.fileno()).st_size):
+                    try:
+                        _decode(line)  # the rule flush applies: a line it would set aside is not shown
+                    except ValueError:
+                        continue
+                    return json.loads(line)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise SpoolError(f"cannot read the spool file {path}: {exc.strerror or exc}") from None
+        return None
 
     def flush(self, target_name: str, conn: psycopg.Connection) -> int:
         """Insert every spooled row of the target in one transaction; returns how many

@@ -74,12 +74,74 @@ def _lift_facts(result: RunResult) -> None:
         result.facts["restore"] = {**drill.data.get("restore", {}), "outcome": drill.outcome, "message": drill.message}
 
 
-def unreachable_result(target: TargetConfig, reason: str, verified_at: datetime, started: float) -> RunResult:
-    """The run of a target that could not be reached (recorded as a failure)."""
+def _run_checks(result: RunResult, ctx: CheckContext, log_problem: str | None) -> None:
+    """Run every check that applies; without a session on the target (it is unreachable)
+    only those that need no database, naming the others in the skipped_checks fact."""
+    skipped = []
+    for check in all_checks():
+        if not check.applies_to_run(ctx) or (check.on_demand and not ctx.drill):
+            continue
+        if ctx.conn is None and check.needs_database:
+            skipped.append(check.name)
+            continue
+        if check.uses_log_db and ctx.log_conn is None:
+            result.checks.append(CheckResult(check.name, "error", log_problem or "no log database"))
+            continue
+        result.checks.append(run_check(check, ctx))
+    if ctx.conn is not None:
+        # database_size has just measured it when it ran: pg_database_size walks every
+        # file of the database (0.1 s at 10,000 tables), so not twice.
+        sized = result.check("database_size")
+        if sized is not None and sized.data.get("database_size_bytes") is not None:
+            result.facts["database_size_bytes"] = sized.data["database_size_bytes"]
+        else:
+            result.facts["database_size_bytes"] = _database_size(ctx.conn)
+    if skipped:
+        result.facts["skipped_checks"] = skipped
+
+
+def _verify(
+    target: TargetConfig,
+    conn: psycopg.Connection | None,
+    log_conn: psycopg.Connection | None,
+    *,
+    verified_at: datetime,
+    started: float,
+    drill: bool | None,
+    keep: bool,
+    full_read: bool = False,
+    unreachable: str | None = None,
+    log_problem: str | None = None,
+) -> RunResult:
+    """The run on open sessions; conn None: the target could not be reached (unreachable
+    says why), and the checks that need no database run all the same."""
+    source = source_for(target.backup)
     result = RunResult(target.name, verified_at)
-    result.unreachable = reason
+    result.unreachable = unreachable
+    previous = _read_previous(log_conn, target) if log_conn is not None else None
+    result.backup = source.lookup() if source is not None else None
+    if drill is None:
+        drill = _drill_due(log_conn, target, result.verified_at)
+    ctx = CheckContext(
+        target=target, conn=conn, log_conn=log_conn, backup=result.backup,
+        previous=previous, now=result.verified_at, drill=bool(drill), keep=keep, full_read=full_read,
+    )
+    # Unreachable: the version the previous run saw, carried on so that the next run
+    # of a long outage still chooses its tools by it.
+    result.facts["server_version_num"] = ctx.server_version_num()
+    result.facts["database_size_bytes"] = None  # filled after the checks, in this place among the facts
+    _run_checks(result, ctx, log_problem)
+    _lift_facts(result)
     result.duration_seconds = time.monotonic() - started
     return result
+
+
+def unreachable_result(target: TargetConfig, reason: str, verified_at: datetime, started: float) -> RunResult:
+    """The run of a target that could not be reached and holds its own log table (recorded
+    as a failure): the backup source is still asked and the checks that need no
+    database still run, without a previous run to compare with."""
+    return _verify(target, None, None, verified_at=verified_at, started=started, drill=False, keep=False,
+                   unreachable=reason, log_problem=f"target {target.name} unreachable: {reason}")
 
 
 def verify_target(
@@ -89,9 +151,9 @@ def verify_target(
     now: datetime | None = None,
     drill: bool | None = None,
     keep: bool = False,
-    full_read: bool = False,
     conn: psycopg.Connection | None = None,
     log_conn: psycopg.Connection | None = None,
+    full_read: bool = False,
 ) -> RunResult:
     """One run. drill=None drills when one is due, True forces one, False never drills.
     full_read: every source's full read (pgbackrest verify) runs now, whatever its cadence.
@@ -102,24 +164,26 @@ def verify_target(
     open (the caller's to close; the daemon holds its run lock on one); sessions
     opened here are closed here. Without log_dsn, the check session is the log
     session too, and the row is written on it.
+
+    A target that cannot be reached still gets a run: the backup source is asked
+    and the checks that need no database run; the result is unreachable (a
+    failure, exit 3) and names the checks it skipped.
     """
     started = time.monotonic()
     verified_at = now or datetime.now(timezone.utc)
-    source = source_for(target.backup)
     own_conn = conn is None
+    unreachable = None
     if own_conn:
         try:
             conn = connect(target)
         except TargetUnreachable as exc:
-            result = unreachable_result(target, exc.reason, verified_at, started)
-            if record_result and target.log_dsn:
-                _record(target, result, log_conn)
-            return result
-    result = RunResult(target.name, verified_at)
+            unreachable = exc.reason
     own_log = False
     log_problem = None
     if target.log_dsn is None:
         log_conn = conn
+        if conn is None:
+            log_problem = f"target {target.name} unreachable: {unreachable}"
     elif log_conn is None:
         try:
             log_conn = connect(target, log=True)
@@ -127,34 +191,11 @@ def verify_target(
         except TargetUnreachable as exc:
             log_problem = str(exc)
     try:
-        previous = _read_previous(log_conn, target) if log_conn is not None else None
-        result.backup = source.lookup() if source is not None else None
-        result.facts["server_version_num"] = conn.info.server_version
-        result.facts["database_size_bytes"] = None  # filled after the checks, in this place among the facts
-        if drill is None:
-            drill = _drill_due(log_conn, target, result.verified_at)
-        ctx = CheckContext(
-            target=target, conn=conn, log_conn=log_conn, backup=result.backup,
-            previous=previous, now=result.verified_at, drill=bool(drill), keep=keep,
-            full_read=full_read,
-        )
-        for check in all_checks():
-            if not check.applies_to_run(ctx) or (check.on_demand and not ctx.drill):
-                continue
-            if check.uses_log_db and log_conn is None:
-                result.checks.append(CheckResult(check.name, "error", log_problem or "no log database"))
-                continue
-            result.checks.append(run_check(check, ctx))
-        # database_size has just measured it when it ran: pg_database_size walks every
-        # file of the database (0.1 s at 10,000 tables), so not twice.
-        sized = result.check("database_size")
-        if sized is not None and sized.data.get("database_size_bytes") is not None:
-            result.facts["database_size_bytes"] = sized.data["database_size_bytes"]
-        else:
-            result.facts["database_size_bytes"] = _database_size(conn)
-        _lift_facts(result)
-        result.duration_seconds = time.monotonic() - started
-        if record_result:
+        result = _verify(target, conn, log_conn, verified_at=verified_at, started=started, drill=drill, keep=keep,
+                         full_read=full_read, unreachable=unreachable, log_problem=log_problem)
+        # The log table in an unreachable target: no second connect (and timeout) to the
+        # server that just refused one; the run is not recorded (the daemon spools it).
+        if record_result and not (log_conn is None and target.log_dsn is None):
             _record(target, result, log_conn)
     finally:
         if own_log:

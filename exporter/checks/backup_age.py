@@ -20,7 +20,10 @@ CLOCK_SKEW_TOLERANCE = timedelta(minutes=5)
 
 
 class BackupCheck(Check):
-    """Shared by the backup checks: they apply when the target has a backup source."""
+    """Shared by the backup checks: they apply when the target has a backup source, and
+    run while the target is unreachable (they ask the backup source, not the database)."""
+
+    needs_database = False
 
     def applies(self, target: TargetConfig) -> bool:
         return target.backup.source != "none"

@@ -130,7 +130,7 @@ class BackupReadableCheck(BackupCheck):
         # The runner holds a read-only transaction open on the target meanwhile; the
         # tools below never touch the database, so nothing waits on it.
         try:
-            message = source.verify_readable(info, ctx.conn.info.server_version, ctx.target.pg_bin_dir)
+            message = source.verify_readable(info, ctx.server_version_num(), ctx.target.pg_bin_dir)
         except BackupUnreadable as exc:
             return self.failed(f"newest backup {info.id} is damaged: {scrub(str(exc), secrets)}", "damaged", EXPECTED)
         except (BackupSourceError, ToolError, ToolNotFound) as exc:

@@ -17,8 +17,11 @@ from exporter.result import BackupLookup, CheckResult, Outcome
 @dataclass
 class CheckContext:
     target: TargetConfig
-    conn: psycopg.Connection  # the target, read-only session, one transaction per check
-    log_conn: psycopg.Connection  # where backup_verification_log lives (the same object when no log_dsn)
+    # The target, read-only session, one transaction per check; None when the target
+    # could not be reached (then only the checks with needs_database False run).
+    conn: psycopg.Connection | None
+    # Where backup_verification_log lives (the same object when no log_dsn); None when unreachable.
+    log_conn: psycopg.Connection | None
     backup: BackupLookup | None  # None when the target has no backup source
     previous: dict[str, Any] | None  # verification_details of this target's previous recorded run
     now: datetime
@@ -39,6 +42,15 @@ class CheckContext:
             self._tables.update({name: found.get(name) for name in unknown})
         return {name: table for name in names if (table := self._tables[name]) is not None}
 
+    def server_version_num(self) -> int | None:
+        """The target's server_version_num: the session's; without one (the target is
+        unreachable), the one the previous recorded run saw; else None (a tool chooser
+        then takes the newest tool it finds)."""
+        if self.conn is not None:
+            return self.conn.info.server_version
+        known = (self.previous or {}).get("server_version_num")
+        return known if isinstance(known, int) and not isinstance(known, bool) and known > 0 else None
+
 
 class Check:
     """A check answers one question about a target and returns a CheckResult.
@@ -58,7 +70,10 @@ class Check:
     # True when the check opens its own short transactions instead of running in one
     # (a long check must not hold a transaction open on the live database).
     own_transactions: ClassVar[bool] = False
-    # False for checks that can run while the target is down: they get ctx.conn = None.
+    # False for checks that judge only what the backup source says: they still run when
+    # the target cannot be reached (ctx.conn is None), so an outage of the database
+    # does not hide the state of its backups. A check that sets it False and uses
+    # ctx.conn when there is one must say in its result what it skipped without it.
     needs_database: ClassVar[bool] = True
 
     def applies(self, target: TargetConfig) -> bool:

@@ -37,7 +37,8 @@ def run_check(check: Check, ctx: CheckContext) -> CheckResult:
     conn = ctx.log_conn if check.uses_log_db else ctx.conn
     started = time.monotonic()
     try:
-        if check.own_transactions:
+        # No session (a check that needs no database, the target unreachable): nothing to wrap.
+        if check.own_transactions or conn is None:
             result = check.run(ctx)
         else:
             with conn.transaction():
