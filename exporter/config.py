@@ -536,8 +536,10 @@ MAX_MESSAGE_CHARS = 200
 
 
 def _describe(error: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in error["loc"] if not (isinstance(p, str) and p in BACKUP_SOURCES))
-    loc = loc.replace(".[key]", " (as a key)")
+    parts = [p for p in error["loc"] if not (isinstance(p, str) and p in BACKUP_SOURCES)]
+    # A mapping's key that is wrong (min_policies) is named by the message, not twice.
+    is_key = parts[-1:] == ["[key]"]
+    loc = ".".join(str(p) for p in (parts[:-2] if is_key else parts)) + (" (a key)" if is_key else "")
     message = error["msg"]
     if error["type"] == "extra_forbidden":
         message = "unknown key"
