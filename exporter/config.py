@@ -48,9 +48,13 @@ class _Strict(BaseModel):
 # code overflow (timedelta, int32 milliseconds in SET statement_timeout, the log
 # functions' integer arguments) or silently disables a check (max_age_hours: .inf).
 # The bounds are generous: far beyond any sensible setting, far below any overflow.
-def Bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float, description: str) -> Any:
-    """A pydantic Field for a numeric key: finite, with a lower bound and an upper one."""
-    return Field(default, ge=ge, gt=gt, le=le, allow_inf_nan=False, description=description)
+def Bounded(
+    default: Any, *, ge: float | None = None, gt: float | None = None, le: float, description: str, why: str = ""
+) -> Any:
+    """A pydantic Field for a numeric key: finite, with a lower bound and an upper one;
+    ``why`` explains the bounds in the reference's range column."""
+    extra = {"range_reason": why} if why else None
+    return Field(default, ge=ge, gt=gt, le=le, allow_inf_nan=False, description=description, json_schema_extra=extra)
 
 
 HOURS_MAX = 366 * 24  # a backup older than a year is not a freshness question
@@ -69,16 +73,20 @@ ObjectName = Annotated[str, AfterValidator(valid_name)]
 
 class _BackupCommon(_Strict):
     timeout_seconds: float = Bounded(
-        60, gt=0, le=SECONDS_MAX, description="Time limit for every external command or file scan of the source."
+        60, gt=0, le=SECONDS_MAX, description="Time limit for every external command or file scan of the source.",
+        why="a day: a tool silent for longer has hung"
     )
     warn_age_hours: float = Bounded(
-        26, gt=0, le=HOURS_MAX, description="`backup_age` warns when the newest backup is older than this."
+        26, gt=0, le=HOURS_MAX, description="`backup_age` warns when the newest backup is older than this.",
+        why="366 days: an older backup is not a freshness question"
     )
     max_age_hours: float = Bounded(
-        49, gt=0, le=HOURS_MAX, description="`backup_age` fails when the newest backup is older than this."
+        49, gt=0, le=HOURS_MAX, description="`backup_age` fails when the newest backup is older than this.",
+        why="366 days: an older backup is not a freshness question"
     )
     min_size_mb: float = Bounded(
-        1, ge=0, le=MB_MAX, description="`backup_size` fails when the newest backup is smaller than this."
+        1, ge=0, le=MB_MAX, description="`backup_size` fails when the newest backup is smaller than this.",
+        why="1 PiB"
     )
 
     @model_validator(mode="after")
@@ -111,7 +119,8 @@ class PgBackRestBackup(_BackupCommon):
         description="The pgbackrest program, or a wrapper that runs it as the repository's owner "
         "(e.g. a script doing `exec runuser -u postgres -- pgbackrest \"$@\"`).",
     )
-    repo: int | None = Bounded(None, ge=1, le=256, description="Only this repository (--repo); default: all.")
+    repo: int | None = Bounded(None, ge=1, le=256, description="Only this repository (--repo); default: all.",
+        why="pgBackRest's own range")
     verify: bool = Field(
         False, description="`backup_readable` runs `pgbackrest verify` (reads every file of the repository: can be slow)."
     )
@@ -191,7 +200,8 @@ class ChecksConfig(_Strict):
     required_indexes: list[ObjectName] = Field(default_factory=list, description="Indexes that must exist and be valid.")
     required_functions: list[ObjectName] = Field(default_factory=list, description="Functions that must exist.")
     min_database_size_mb: float | None = Bounded(
-        None, ge=0, le=MB_MAX, description="`database_size` fails below this; unset, the check does not run."
+        None, ge=0, le=MB_MAX, description="`database_size` fails below this; unset, the check does not run.",
+        why="1 PiB"
     )
     allow_empty_tables: list[ObjectName] = Field(
         default_factory=list, description="Critical tables that may legitimately hold zero rows."
@@ -210,7 +220,7 @@ class ChecksConfig(_Strict):
         0.9, ge=0, le=1, description="`success_rate` fails when the share of successful runs over 7 days is below this."
     )
     wal_archiving_max_age_minutes: float | None = Bounded(
-        None, gt=0, le=MINUTES_MAX,
+        None, gt=0, le=MINUTES_MAX, why="31 days",
         description="`wal_archiving` (from pg_stat_archiver) fails when the last archived WAL is older than this, "
         "or when archiving is failing; unset, the check does not run.",
     )
@@ -219,19 +229,23 @@ class ChecksConfig(_Strict):
 class RestoreConfig(_Strict):
     enabled: bool = Field(False, description="Run restore drills for this target.")
     interval_days: float = Bounded(
-        7, gt=0, le=366, description="A run drills when the last successful drill is older than this; `pgbv restore-drill` drills now."
+        7, gt=0, le=366, description="A run drills when the last successful drill is older than this; `pgbv restore-drill` drills now.",
+        why="a year"
     )
     scratch_dsn: str | None = Field(
         None,
         description="A server where pgbv may CREATE and DROP its pgbv_restore_* databases; default: the target's own server.",
     )
     scratch_password: SecretStr | None = Field(None, description="Password for scratch_dsn; default: the target's.")
-    jobs: int = Bounded(2, ge=1, le=64, description="pg_restore --jobs.")
+    jobs: int = Bounded(2, ge=1, le=64, description="pg_restore --jobs.",
+        why="beyond what a scratch server can use")
     timeout_minutes: float = Bounded(
-        60, gt=0, le=7 * 24 * 60, description="A drill is stopped and cleaned up after this (at most a week)."
+        60, gt=0, le=7 * 24 * 60, description="A drill is stopped and cleaned up after this (at most a week).",
+        why="a week"
     )
     rto_minutes: float = Bounded(
-        60, gt=0, le=7 * 24 * 60, description="A drill slower than this warns (the recovery time objective)."
+        60, gt=0, le=7 * 24 * 60, description="A drill slower than this warns (the recovery time objective).",
+        why="a week"
     )
     pg_bin_dir: Path | None = Field(
         None, description="PostgreSQL binaries for physical restores (same major version as the backup); default: as for the target."
@@ -295,9 +309,10 @@ class TargetConfig(_Strict):
     pg_bin_dir: Path | None = Field(
         None, description="Folder of client tools (pg_dump, pg_restore...); default: the newest found, never older than the server."
     )
-    connect_timeout_seconds: int = Bounded(5, ge=1, le=600, description="libpq connect_timeout.")
+    connect_timeout_seconds: int = Bounded(5, ge=1, le=600, description="libpq connect_timeout.",
+        why="10 minutes: a server that has not answered by then will not")
     statement_timeout_seconds: float = Bounded(
-        30, ge=0.001, le=SECONDS_MAX,
+        30, ge=0.001, le=SECONDS_MAX, why="PostgreSQL counts whole milliseconds, 0 would mean no limit; a day",
         # PostgreSQL counts whole milliseconds, and 0 would mean no limit at all.
         description="Every statement pgbv sends to this target is cancelled after this (at least 1 ms).",
     )
@@ -382,14 +397,15 @@ _HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 class ScheduleConfig(_Strict):
     daily_at: str = Field("05:00", description="Daily run time, HH:MM in UTC.")
     interval_minutes: int | None = Bounded(
-        None, ge=1, le=MINUTES_MAX, description="When set, runs every N minutes instead of daily_at."
+        None, ge=1, le=MINUTES_MAX, description="When set, runs every N minutes instead of daily_at.", why="31 days"
     )
     run_on_start: bool = Field(True, description="Also run at start when the last run is older than one period.")
     refresh_seconds: float = Bounded(
-        30, gt=0, le=3600, description="How often the metrics snapshot is re-read from the log table."
+        30, gt=0, le=3600, description="How often the metrics snapshot is re-read from the log table.",
+        why="an hour: the metrics must stay fresher than the alerts expect"
     )
     max_concurrent_targets: int = Bounded(
-        4, ge=1, le=256,
+        4, ge=1, le=256, why="each holds a thread and a session",
         description="Targets verified at the same time. A run holds one session on its target (and one on the log "
         "database with log_dsn) and the refresh thread one more: at most this + 1 sessions per server, plus a "
         "restore drill's own (docs/daemon.md).",
@@ -442,7 +458,8 @@ class Settings(BaseSettings):
     http: HttpConfig = Field(default_factory=HttpConfig, description="The metrics endpoint.")
     spool_dir: Path = Field(Path("/var/lib/pgbv/spool"), description="Results that could not be written yet wait here.")
     retention_days: int = Bounded(
-        90, ge=1, le=DAYS_MAX, description="Log rows older than this are deleted by `pgbv cleanup` and daily by the daemon."
+        90, ge=1, le=DAYS_MAX, description="Log rows older than this are deleted by `pgbv cleanup` and daily by the daemon.",
+        why="a century; the log functions take an integer"
     )
     log_format: Literal["text", "json"] = Field("text", description="Format of pgbv's own log lines.")
 

@@ -65,6 +65,9 @@ def _bounds(metadata) -> str:
 
 def _range(field) -> str:
     found = _bounds(field.metadata)
+    why = (field.json_schema_extra or {}).get("range_reason") if isinstance(field.json_schema_extra, dict) else None
+    if found and why:
+        found = f"{found} ({why})"
     if not found and typing.get_origin(field.annotation) is dict:
         value_type = typing.get_args(field.annotation)[1]
         if typing.get_origin(value_type) is typing.Annotated:

@@ -317,9 +317,10 @@ def test_the_reference_shows_each_range():
     from exporter.config_docs import render
 
     text = render()
-    assert "| `schedule.interval_minutes` | int or None | `null` | 1 to 44,640 |" in text
-    assert "| `targets[].backup.max_age_hours` | float | `49` | more than 0, at most 8,784 |" in text
+    assert "| `schedule.interval_minutes` | int or None | `null` | 1 to 44,640 (31 days) |" in text
+    assert "| `targets[].backup.max_age_hours` | float | `49` | more than 0, at most 8,784 (366 days: " in text
     assert "| `targets[].checks.min_policies` | dict[name, int] | `{}` | each value 0 to 10,000 |" in text
+    assert "| `targets[].checks.max_row_drop_percent` | float | `10` | 0 to 100 |" in text
 
 
 # --- names (issue 13, item 5): a malformed name is a configuration error -----------------
