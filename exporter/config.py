@@ -57,7 +57,8 @@ def Bounded(
     return Field(default, ge=ge, gt=gt, le=le, allow_inf_nan=False, description=description, json_schema_extra=extra)
 
 
-HOURS_MAX = 366 * 24  # a backup older than a year is not a freshness question
+HOURS_MAX = 366 * 24
+HOURS_WHY = "366 days: an older backup is not a freshness question"
 MB_MAX = 2**30  # 1 PiB in MB
 MINUTES_MAX = 31 * 24 * 60  # a month: the longest period a schedule or a WAL archive may stay silent
 SECONDS_MAX = 24 * 3600  # a day: the longest wait on one command or statement
@@ -78,11 +79,11 @@ class _BackupCommon(_Strict):
     )
     warn_age_hours: float = Bounded(
         26, gt=0, le=HOURS_MAX, description="`backup_age` warns when the newest backup is older than this.",
-        why="366 days: an older backup is not a freshness question"
+        why=HOURS_WHY
     )
     max_age_hours: float = Bounded(
         49, gt=0, le=HOURS_MAX, description="`backup_age` fails when the newest backup is older than this.",
-        why="366 days: an older backup is not a freshness question"
+        why=HOURS_WHY
     )
     min_size_mb: float = Bounded(
         1, ge=0, le=MB_MAX, description="`backup_size` fails when the newest backup is smaller than this.",
