@@ -115,8 +115,9 @@ _SCHEMA_MATCHES = """
        ((w.nsp IS NULL AND n.nspname = ANY (pg_catalog.current_schemas(false)))
         OR n.nspname IN (w.nsp, w.nsp_folded))
 """
-_EXACT_FIRST = "n.nspname IS DISTINCT FROM w.nsp AND w.nsp IS NOT NULL, {name} <> w.obj"
+_EXACT_FIRST = "COALESCE(n.nspname <> w.nsp, false), {name} <> w.obj"  # false sorts first
 _PATH_ORDER = "pg_catalog.array_position(pg_catalog.current_schemas(false), n.nspname)"
+
 
 @dataclass(frozen=True)
 class Table:

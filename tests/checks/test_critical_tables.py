@@ -102,6 +102,11 @@ def test_a_name_that_exists_in_two_foldings(demo_db):
     result = check_once(CHECK, make_target(demo_db, checks={"critical_tables": names}))
     assert result.observed == ["public.Accounts", "public.accounts", "public.accounts", "public.Accounts", "public.accounts"]
     assert result.message == '1 of 6 critical tables missing: "ACCOUNTS"'
+    # The same for a schema: "Ops" and ops.
+    _sql(demo_db, 'CREATE SCHEMA "Ops"', "CREATE SCHEMA ops", 'CREATE TABLE "Ops".jobs (id int)', "CREATE TABLE ops.jobs (id int)")
+    names = ["Ops.jobs", "OPS.jobs", '"Ops".jobs', '"ops".JOBS']
+    schemas = check_once(CHECK, make_target(demo_db, checks={"critical_tables": names}))
+    assert schemas.observed == ["Ops.jobs", "ops.jobs", "Ops.jobs", "ops.jobs"]
 
 
 def test_a_materialized_view_is_not_a_critical_table(demo_db):
