@@ -1,10 +1,12 @@
 """Catalog look-ups shared by the checks. Each asks for all names at once, so a
 check sends the same number of statements for 7 tables or 10,000.
 
-Names from configuration are compared as values (parameters), never parsed or
-formatted into SQL: a hostile name such as ``x"; DROP TABLE t; --`` is simply
-a name that matches nothing. ``schema.name`` picks a schema; a bare name is
-looked up along the session's search_path, first match wins, like PostgreSQL.
+Names from configuration are parsed here (``split_name``, the one place) and
+then compared as values (parameters), never formatted into SQL: a hostile name
+such as ``x"; DROP TABLE t; --`` is simply a name that matches nothing.
+``schema.name`` picks a schema; a bare name is looked up along the session's
+search_path, first match wins, like PostgreSQL. docs/checks.md, "Names", gives
+the rules for quotes and letter case.
 """
 
 from __future__ import annotations
@@ -14,22 +16,107 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-
-def split_name(name: str) -> tuple[str | None, str]:
-    schema, dot, relname = name.partition(".")
-    if dot and schema and relname:
-        return schema, relname
-    return None, name
+# PostgreSQL's NAMEDATALEN - 1: a longer identifier cannot exist (the server truncates it).
+MAX_IDENTIFIER_BYTES = 63
+# PostgreSQL folds only A-Z in an unquoted identifier (downcase_identifier, UTF-8).
+_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
-def _wanted(names: list[str]) -> tuple[list[str], list[str | None], list[str]]:
-    requested, schemas, objects = [], [], []
+@dataclass(frozen=True)
+class NamePart:
+    """One part of a configured name. ``exact`` is the spelling without quotes;
+    ``folded`` is what PostgreSQL would make of it (lower case unless quoted).
+    An object spelled ``exact`` is preferred to one spelled ``folded``, so that a
+    configuration written before quotes were understood finds what it found then."""
+
+    exact: str
+    folded: str
+
+
+def _parts(name: str) -> list[tuple[str, bool]]:
+    """The dot-separated parts of a name, each with whether it was quoted."""
+    parts: list[tuple[str, bool]] = []
+    start = 0
+    while True:
+        if name.startswith('"', start):
+            end = start + 1
+            while (end := name.find('"', end)) != -1 and name.startswith('""', end):
+                end += 2  # "" inside quotes is one quote
+            if end == -1:
+                raise ValueError("unbalanced double quote")
+            parts.append((name[start + 1:end].replace('""', '"'), True))
+            start = end + 1
+            if start < len(name) and name[start] != ".":
+                raise ValueError("a quoted part must be followed by '.' or the end of the name")
+        else:
+            end = name.find(".", start)
+            # A raw part is taken as written: a quote inside it (Leads "2026") is an
+            # ordinary character, as it was before quoting was understood.
+            parts.append((name[start:] if end == -1 else name[start:end], False))
+            start = len(name) if end == -1 else end
+        if start >= len(name):
+            return parts
+        start += 1  # past the dot
+        if start == len(name):
+            parts.append(("", False))  # "schema." ends in an empty part
+            return parts
+
+
+def split_name(name: str) -> tuple[NamePart | None, NamePart]:
+    """(schema or None, object) of a configured name; ValueError says what is wrong.
+
+    ``Billing.Invoices`` (unquoted: the exact spelling, else the lower-case fold),
+    ``"Billing"."Invoices"`` (quoted: exactly), ``"my.schema"."a table"``, ``"has""quote"``.
+    """
+    parts = _parts(name)
+    if len(parts) > 2:
+        raise ValueError(f"{len(parts)} dot-separated parts; expected name or schema.name (quote a name that holds a dot)")
+    resolved = []
+    for text, quoted in parts:
+        if not text:
+            raise ValueError("an empty part (write name or schema.name)")
+        if len(text.encode()) > MAX_IDENTIFIER_BYTES:
+            raise ValueError(f"a part longer than PostgreSQL's {MAX_IDENTIFIER_BYTES}-byte limit for names")
+        resolved.append(NamePart(text, text if quoted else text.translate(_FOLD)))
+    return (resolved[0] if len(resolved) == 2 else None), resolved[-1]
+
+
+def valid_name(name: str) -> str:
+    """A configured name as given, once split_name accepts it (for the config validator)."""
+    try:
+        split_name(name)
+    except ValueError as exc:
+        raise ValueError(f"{name!r} is not a valid name: {exc}") from None
+    return name
+
+
+def _wanted(names: list[str]) -> dict[str, list]:
+    """Query parameters for the ``wanted`` rows of the look-ups below."""
+    wanted: dict[str, list] = {"requested": [], "nsp": [], "nsp_folded": [], "obj": [], "obj_folded": []}
     for name in dict.fromkeys(names):
         schema, obj = split_name(name)
-        requested.append(name)
-        schemas.append(schema)
-        objects.append(obj)
-    return requested, schemas, objects
+        wanted["requested"].append(name)
+        wanted["nsp"].append(schema.exact if schema else None)
+        wanted["nsp_folded"].append(schema.folded if schema else None)
+        wanted["obj"].append(obj.exact)
+        wanted["obj_folded"].append(obj.folded)
+    return wanted
+
+
+# The rows asked for, and how a candidate object ranks for each: an exact spelling
+# first, then (for a bare name) the earlier schema on search_path.
+_WANTED_CTE = """
+WITH wanted(requested, nsp, nsp_folded, obj, obj_folded) AS (
+    SELECT * FROM unnest(%(requested)s::text[], %(nsp)s::text[], %(nsp_folded)s::text[],
+                         %(obj)s::text[], %(obj_folded)s::text[])
+)
+"""
+_SCHEMA_MATCHES = """
+       ((w.nsp IS NULL AND n.nspname = ANY (pg_catalog.current_schemas(false)))
+        OR n.nspname IN (w.nsp, w.nsp_folded))
+"""
+_EXACT_FIRST = "COALESCE(n.nspname <> w.nsp, false), {name} <> w.obj"  # false sorts first
+_PATH_ORDER = "pg_catalog.array_position(pg_catalog.current_schemas(false), n.nspname)"
 
 
 @dataclass(frozen=True)
@@ -38,7 +125,7 @@ class Table:
     schema: str
     name: str
     oid: int
-    kind: str  # 'r' table, 'p' partitioned table
+    kind: str  # pg_class.relkind: 'r' table, 'p' partitioned table, 'm' materialized view
     reltuples: float  # -1 (PostgreSQL 14+) when never vacuumed or analyzed
     relpages: int
     rls_enabled: bool
@@ -52,10 +139,12 @@ class Table:
         return f"{self.schema}.{self.name}"
 
 
-_TABLES_SQL = """
-WITH wanted(requested, nsp, rel) AS (
-    SELECT * FROM unnest(%(requested)s::text[], %(schemas)s::text[], %(objects)s::text[])
-)
+# Tables, partitioned tables: what critical_tables and the checks driven by it need.
+TABLE_KINDS = "rp"
+# required_tables: any relation that holds the application's rows, materialized views too.
+ROW_KINDS = "rpm"
+
+_TABLES_SQL = _WANTED_CTE + """
 SELECT DISTINCT ON (w.requested)
        w.requested, n.nspname, c.relname, c.oid, c.relkind, c.reltuples, c.relpages,
        c.relrowsecurity, c.relforcerowsecurity,
@@ -68,20 +157,20 @@ SELECT DISTINCT ON (w.requested)
        (SELECT count(*) FROM pg_catalog.pg_policy AS p WHERE p.polrelid = c.oid) AS policies,
        (SELECT count(*) FROM pg_catalog.pg_index AS i WHERE i.indrelid = c.oid AND i.indisvalid) AS valid_indexes
   FROM wanted AS w
-  JOIN pg_catalog.pg_class AS c ON c.relname = w.rel AND c.relkind IN ('r', 'p')
+  JOIN pg_catalog.pg_class AS c
+    ON c.relname IN (w.obj, w.obj_folded) AND c.relkind = ANY (%(kinds)s::"char"[])
   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
- WHERE (w.nsp IS NULL AND n.nspname = ANY (pg_catalog.current_schemas(false)))
-    OR n.nspname = w.nsp
- ORDER BY w.requested, pg_catalog.array_position(pg_catalog.current_schemas(false), n.nspname)
+ WHERE """ + _SCHEMA_MATCHES + """
+ ORDER BY w.requested, """ + _EXACT_FIRST.format(name="c.relname") + ", " + _PATH_ORDER + """
 """
 
 
-def find_tables(conn: psycopg.Connection, names: list[str]) -> dict[str, Table]:
-    """Tables by the name asked for; names that match nothing are absent from the result."""
+def find_tables(conn: psycopg.Connection, names: list[str], kinds: str = TABLE_KINDS) -> dict[str, Table]:
+    """Tables by the name asked for; names that match nothing are absent from the result.
+    ``kinds`` lists the pg_class.relkind letters that count (TABLE_KINDS or ROW_KINDS)."""
     if not names:
         return {}
-    requested, schemas, objects = _wanted(names)
-    rows = conn.execute(_TABLES_SQL, {"requested": requested, "schemas": schemas, "objects": objects}).fetchall()
+    rows = conn.execute(_TABLES_SQL, {**_wanted(names), "kinds": list(kinds)}).fetchall()
     return {
         row[0]: Table(
             requested=row[0], schema=row[1], name=row[2], oid=row[3], kind=row[4],
@@ -102,44 +191,42 @@ class Index:
     ready: bool
 
 
-_INDEXES_SQL = """
-WITH wanted(requested, nsp, rel) AS (
-    SELECT * FROM unnest(%(requested)s::text[], %(schemas)s::text[], %(objects)s::text[])
-)
+_INDEXES_SQL = _WANTED_CTE + """
 SELECT DISTINCT ON (w.requested)
        w.requested, n.nspname, c.relname, t.relname, i.indisvalid, i.indisready
   FROM wanted AS w
-  JOIN pg_catalog.pg_class AS c ON c.relname = w.rel AND c.relkind IN ('i', 'I')
+  JOIN pg_catalog.pg_class AS c ON c.relname IN (w.obj, w.obj_folded) AND c.relkind IN ('i', 'I')
   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
   JOIN pg_catalog.pg_index AS i ON i.indexrelid = c.oid
   JOIN pg_catalog.pg_class AS t ON t.oid = i.indrelid
- WHERE (w.nsp IS NULL AND n.nspname = ANY (pg_catalog.current_schemas(false)))
-    OR n.nspname = w.nsp
- ORDER BY w.requested, pg_catalog.array_position(pg_catalog.current_schemas(false), n.nspname)
+ WHERE """ + _SCHEMA_MATCHES + """
+ ORDER BY w.requested, """ + _EXACT_FIRST.format(name="c.relname") + ", " + _PATH_ORDER + """
 """
 
 
 def find_indexes(conn: psycopg.Connection, names: list[str]) -> dict[str, Index]:
     if not names:
         return {}
-    requested, schemas, objects = _wanted(names)
-    rows = conn.execute(_INDEXES_SQL, {"requested": requested, "schemas": schemas, "objects": objects}).fetchall()
+    rows = conn.execute(_INDEXES_SQL, _wanted(names)).fetchall()
     return {row[0]: Index(row[0], row[1], row[2], row[3], row[4], row[5]) for row in rows}
 
 
-_FUNCTIONS_SQL = """
-WITH wanted(requested, nsp, rel) AS (
-    SELECT * FROM unnest(%(requested)s::text[], %(schemas)s::text[], %(objects)s::text[])
-)
-SELECT w.requested, n.nspname, p.proname,
-       pg_catalog.pg_get_function_identity_arguments(p.oid),
-       pg_catalog.format_type(p.prorettype, NULL), p.proretset
-  FROM wanted AS w
-  JOIN pg_catalog.pg_proc AS p ON p.proname = w.rel
-  JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
- WHERE (w.nsp IS NULL AND n.nspname = ANY (pg_catalog.current_schemas(false)))
-    OR n.nspname = w.nsp
- ORDER BY w.requested, pg_catalog.array_position(pg_catalog.current_schemas(false), n.nspname), 4
+# Every overload in every schema that matches, but only of the best spelling:
+# "Audit" finds "Audit"(...) where it exists, and audit(...) only where it does not.
+_FUNCTIONS_SQL = _WANTED_CTE + """
+SELECT requested, nspname, proname, arguments, returns, proretset
+  FROM (SELECT w.requested, n.nspname, p.proname,
+               pg_catalog.pg_get_function_identity_arguments(p.oid) AS arguments,
+               pg_catalog.format_type(p.prorettype, NULL) AS returns, p.proretset,
+               pg_catalog.rank() OVER (PARTITION BY w.requested
+                                       ORDER BY """ + _EXACT_FIRST.format(name="p.proname") + """) AS spelling,
+               """ + _PATH_ORDER + """ AS path_position
+          FROM wanted AS w
+          JOIN pg_catalog.pg_proc AS p ON p.proname IN (w.obj, w.obj_folded)
+          JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
+         WHERE """ + _SCHEMA_MATCHES + """) AS candidates
+ WHERE spelling = 1
+ ORDER BY requested, path_position, arguments
 """
 
 
@@ -157,8 +244,7 @@ def find_functions(conn: psycopg.Connection, names: list[str]) -> dict[str, list
     """Every overload of each function asked for, by the name asked for."""
     if not names:
         return {}
-    requested, schemas, objects = _wanted(names)
-    rows = conn.execute(_FUNCTIONS_SQL, {"requested": requested, "schemas": schemas, "objects": objects}).fetchall()
+    rows = conn.execute(_FUNCTIONS_SQL, _wanted(names)).fetchall()
     found: dict[str, list[Function]] = {}
     for row in rows:
         found.setdefault(row[0], []).append(Function(*row))

@@ -13,7 +13,7 @@ from typing import Any, Callable
 import yaml
 
 from exporter import __version__
-from exporter.config import ConfigError, Settings, TargetConfig, load_settings, masked
+from exporter.config import DAYS_MAX, ConfigError, Settings, TargetConfig, load_settings, masked
 from exporter.result import EXIT_FAILURE, EXIT_OK, EXIT_UNKNOWN
 
 PROG = "pgbv"
@@ -242,12 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("history", cmd_history, "Show recorded verifications (get_backup_verification_history).")
     config_arg(p)
     p.add_argument("--target", metavar="NAME", help="only this target")
-    p.add_argument("--days", type=_positive_int, default=7, help="how many days back (default: 7)")
+    p.add_argument("--days", type=_days, default=7, help=f"how many days back, 1 to {DAYS_MAX} (default: 7)")
     p.add_argument("--format", choices=formats, default="text", help="output format (default: text)")
 
     p = command("cleanup", cmd_cleanup, "Delete log rows older than the retention (cleanup_old_backup_verification_logs).")
     config_arg(p)
-    p.add_argument("--retention-days", type=_positive_int, metavar="N", help="default: retention_days from the configuration")
+    p.add_argument("--retention-days", type=_days, metavar="N",
+                   help=f"1 to {DAYS_MAX}; default: retention_days from the configuration")
 
     p = command("check-config", cmd_check_config, "Validate the configuration and print it with secrets masked.")
     config_arg(p)
@@ -272,7 +273,60 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _days(text: str) -> int:
+    # The log functions take an integer; a century is far beyond any retention.
+    value = _positive_int(text)
+    if value > DAYS_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most {DAYS_MAX} (a century), got {value}")
+    return value
+
+
+class _ClosedPipeGuard:
+    """sys.stdout or sys.stderr that, once its reader has gone (`pgbv history |
+    head`), sends the rest of the output to /dev/null. The command still finishes
+    what it was doing (a verification is recorded, every target cleaned up) and
+    exits with its usual code; only output nobody reads is lost."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _discard_the_rest(self) -> None:
+        # Python's advice for BrokenPipeError: point the descriptor at /dev/null, so
+        # that the pending buffer and the flush at exit go nowhere, quietly.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._discard_the_rest()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._discard_the_rest()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ClosedPipeGuard(stdout), _ClosedPipeGuard(stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout.flush()  # a reader gone before the last buffer is found here, not at exit
+        sys.stdout, sys.stderr = stdout, stderr
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

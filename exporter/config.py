@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,6 +28,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from exporter.catalog import valid_name
 
 ENV_PREFIX = "PGBV_"
 ENV_DELIMITER = "__"
@@ -41,31 +44,61 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# Every number is finite and bounded, so that no value the file can hold makes the
+# code overflow (timedelta, int32 milliseconds in SET statement_timeout, the log
+# functions' integer arguments) or silently disables a check (max_age_hours: .inf).
+# The bounds are generous: far beyond any sensible setting, far below any overflow.
+def Bounded(
+    default: Any, *, ge: float | None = None, gt: float | None = None, le: float, description: str, why: str = ""
+) -> Any:
+    """A pydantic Field for a numeric key: finite, with a lower bound and an upper one;
+    ``why`` explains the bounds in the reference's range column."""
+    extra = {"range_reason": why} if why else None
+    return Field(default, ge=ge, gt=gt, le=le, allow_inf_nan=False, description=description, json_schema_extra=extra)
+
+
+HOURS_MAX = 366 * 24
+HOURS_WHY = "366 days: an older backup is not a freshness question"
+MB_MAX = 2**30  # 1 PiB in MB
+MINUTES_MAX = 31 * 24 * 60  # a month: the longest period a schedule or a WAL archive may stay silent
+SECONDS_MAX = 24 * 3600  # a day: the longest wait on one command or statement
+DAYS_MAX = 36500  # a century: fits the log functions' integer argument with room to spare
+
+# A table, index or function as a DBA writes it: raw (Billing.Invoices) or quoted
+# ("Billing"."Invoices"); catalog.split_name holds the rules (docs/checks.md, "Names").
+ObjectName = Annotated[str, AfterValidator(valid_name)]
+
+
 # --- backup sources --------------------------------------------------------------
 
 
 class _BackupCommon(_Strict):
-    timeout_seconds: float = Field(
-        60, gt=0, description="Time limit for every external command or file scan of the source."
+    timeout_seconds: float = Bounded(
+        60, gt=0, le=SECONDS_MAX, description="Time limit for every external command or file scan of the source.",
+        why="a day: a tool silent for longer has hung"
     )
-    warn_age_hours: float = Field(
-        26, gt=0, description="`backup_age` warns when the newest backup is older than this."
+    warn_age_hours: float = Bounded(
+        26, gt=0, le=HOURS_MAX, description="`backup_age` warns when the newest backup is older than this.",
+        why=HOURS_WHY
     )
-    max_age_hours: float = Field(
-        49, gt=0, description="`backup_age` fails when the newest backup is older than this."
+    max_age_hours: float = Bounded(
+        49, gt=0, le=HOURS_MAX, description="`backup_age` fails when the newest backup is older than this.",
+        why=HOURS_WHY
     )
-    min_size_mb: float = Field(
-        1, ge=0, description="`backup_size` fails when the newest backup is smaller than this."
+    min_size_mb: float = Bounded(
+        1, ge=0, le=MB_MAX, description="`backup_size` fails when the newest backup is smaller than this.",
+        why="1 PiB"
     )
     database: str | None = Field(
         None, min_length=1,
         description="The database name the backup must be a dump of (`backup_content`); default: the target's "
         "own database. Set it when the dump is of another name on purpose.",
     )
-    max_size_drop_percent: float = Field(
-        50, gt=0, le=100, allow_inf_nan=False,
+    max_size_drop_percent: float = Bounded(
+        50, gt=0, le=100,
         description="`backup_size` fails when the newest backup is more than this many percent smaller than the "
         "median of the previous ones (of the same kind), and warns above half of it; 100 turns the failure off.",
+        why="a share of the median",
     )
 
     @model_validator(mode="after")
@@ -98,12 +131,14 @@ class PgBackRestBackup(_BackupCommon):
         description="The pgbackrest program, or a wrapper that runs it as the repository's owner "
         "(e.g. a script doing `exec runuser -u postgres -- pgbackrest \"$@\"`).",
     )
-    repo: int | None = Field(None, ge=1, le=256, description="Only this repository (--repo); default: all.")
-    verify_every_days: float = Field(
-        7, ge=0, le=366, allow_inf_nan=False,
+    repo: int | None = Bounded(None, ge=1, le=256, description="Only this repository (--repo); default: all.",
+        why="pgBackRest's own range")
+    verify_every_days: float = Bounded(
+        7, ge=0, le=366,
         description="`backup_readable` runs `pgbackrest verify` (reads every file of the repository: can be slow) "
         "when the last full read is older than this; 1: every daily run, 0: never (`pgbv verify --full-read` still "
         "reads). A corruption found keeps it reading every run until a full read passes.",
+        why="a year",
     )
 
     @model_validator(mode="before")
@@ -176,66 +211,75 @@ DRILLABLE_SOURCES = ("directory", "pgbackrest", "barman", "command")
 
 
 class ChecksConfig(_Strict):
-    critical_tables: list[str] = Field(
+    critical_tables: list[ObjectName] = Field(
         default_factory=list,
         description="Tables that must exist and hold rows; they drive `critical_tables`, `row_counts`, "
-        "`index_coverage`, `constraints_valid` and (by default) `rls_policies`. Name or schema.name.",
+        "`index_coverage`, `constraints_valid` and (by default) `rls_policies`. Name or schema.name, raw or "
+        "quoted as in SQL (docs/checks.md, \"Names\").",
     )
-    required_tables: list[str] = Field(
-        default_factory=list, description="Tables that must exist (they may be empty)."
+    required_tables: list[ObjectName] = Field(
+        default_factory=list,
+        description="Tables that must exist (they may be empty); partitioned tables and materialized views count.",
     )
-    rls_tables: list[str] = Field(
+    rls_tables: list[ObjectName] = Field(
         default_factory=list,
         description="Tables that must have row-level security enabled; empty means `critical_tables`.",
     )
-    min_policies: dict[str, int] = Field(
+    min_policies: dict[ObjectName, Annotated[int, Field(ge=0, le=10_000)]] = Field(
         default_factory=dict,
         description="Minimum number of RLS policies per table; tables not listed need at least 1. When rls_tables "
         "is empty (every critical table), 0 exempts a table that has no row-level security by design.",
     )
-    required_indexes: list[str] = Field(default_factory=list, description="Indexes that must exist and be valid.")
-    required_functions: list[str] = Field(default_factory=list, description="Functions that must exist.")
-    min_database_size_mb: float | None = Field(
-        None, ge=0, description="`database_size` fails below this; unset, the check does not run."
+    required_indexes: list[ObjectName] = Field(default_factory=list, description="Indexes that must exist and be valid.")
+    required_functions: list[ObjectName] = Field(default_factory=list, description="Functions that must exist.")
+    min_database_size_mb: float | None = Bounded(
+        None, ge=0, le=MB_MAX, description="`database_size` fails below this; unset, the check does not run.",
+        why="1 PiB"
     )
-    allow_empty_tables: list[str] = Field(
+    allow_empty_tables: list[ObjectName] = Field(
         default_factory=list, description="Critical tables that may legitimately hold zero rows."
     )
-    max_row_drop_percent: float = Field(
+    index_coverage_exempt: list[ObjectName] = Field(
+        default_factory=list,
+        description="Critical or required tables that have no index by design (a small lookup table, an "
+        "append-only staging table): `index_coverage` does not ask them for one. A name here matches the "
+        "table it names, however it is spelled in the other lists.",
+    )
+    max_row_drop_percent: float = Bounded(
         10, ge=0, le=100,
         description="`row_counts` fails when a critical table lost more than this share of its rows since the last run.",
     )
-    min_success_ratio: float = Field(
+    min_success_ratio: float = Bounded(
         0.9, ge=0, le=1, description="`success_rate` fails when the share of successful runs over 7 days is below this."
     )
-    wal_archiving_max_age_minutes: float | None = Field(
-        None, gt=0,
+    wal_archiving_max_age_minutes: float | None = Bounded(
+        None, gt=0, le=MINUTES_MAX, why="31 days",
         description="`wal_archiving` (from pg_stat_archiver) fails when the last archived WAL is older than this, "
         "or when archiving is failing; unset, the check does not run.",
     )
 
-    @field_validator("min_policies")
-    @classmethod
-    def _positive_policies(cls, value: dict[str, int]) -> dict[str, int]:
-        for table, count in value.items():
-            if count < 0:
-                raise ValueError(f"min_policies.{table} must be 0 or more, got {count}")
-        return value
-
 
 class RestoreConfig(_Strict):
     enabled: bool = Field(False, description="Run restore drills for this target.")
-    interval_days: float = Field(
-        7, gt=0, description="A run drills when the last successful drill is older than this; `pgbv restore-drill` drills now."
+    interval_days: float = Bounded(
+        7, gt=0, le=366, description="A run drills when the last successful drill is older than this; `pgbv restore-drill` drills now.",
+        why="a year"
     )
     scratch_dsn: str | None = Field(
         None,
         description="A server where pgbv may CREATE and DROP its pgbv_restore_* databases; default: the target's own server.",
     )
     scratch_password: SecretStr | None = Field(None, description="Password for scratch_dsn; default: the target's.")
-    jobs: int = Field(2, ge=1, le=64, description="pg_restore --jobs.")
-    timeout_minutes: float = Field(60, gt=0, description="A drill is stopped and cleaned up after this.")
-    rto_minutes: float = Field(60, gt=0, description="A drill slower than this warns (the recovery time objective).")
+    jobs: int = Bounded(2, ge=1, le=64, description="pg_restore --jobs.",
+        why="beyond what a scratch server can use")
+    timeout_minutes: float = Bounded(
+        60, gt=0, le=7 * 24 * 60, description="A drill is stopped and cleaned up after this (at most a week).",
+        why="a week"
+    )
+    rto_minutes: float = Bounded(
+        60, gt=0, le=7 * 24 * 60, description="A drill slower than this warns (the recovery time objective).",
+        why="a week"
+    )
     pg_bin_dir: Path | None = Field(
         None, description="PostgreSQL binaries for physical restores (same major version as the backup); default: as for the target."
     )
@@ -298,9 +342,12 @@ class TargetConfig(_Strict):
     pg_bin_dir: Path | None = Field(
         None, description="Folder of client tools (pg_dump, pg_restore...); default: the newest found, never older than the server."
     )
-    connect_timeout_seconds: int = Field(5, ge=1, description="libpq connect_timeout.")
-    statement_timeout_seconds: float = Field(
-        30, gt=0, description="Every statement pgbv sends to this target is cancelled after this."
+    connect_timeout_seconds: int = Bounded(5, ge=1, le=600, description="libpq connect_timeout.",
+        why="10 minutes: a server that has not answered by then will not")
+    statement_timeout_seconds: float = Bounded(
+        30, ge=0.001, le=SECONDS_MAX, why="PostgreSQL counts whole milliseconds, 0 would mean no limit; a day",
+        # PostgreSQL counts whole milliseconds, and 0 would mean no limit at all.
+        description="Every statement pgbv sends to this target is cancelled after this (at least 1 ms).",
     )
     backup: BackupConfig = Field(default_factory=NoBackup, description="Where the backups are and their limits.")
     checks: ChecksConfig = Field(default_factory=ChecksConfig, description="What the database must hold.")
@@ -392,11 +439,16 @@ _HHMM = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$")
 
 class ScheduleConfig(_Strict):
     daily_at: str = Field("05:00", description="Daily run time, HH:MM in UTC.")
-    interval_minutes: int | None = Field(None, ge=1, description="When set, runs every N minutes instead of daily_at.")
+    interval_minutes: int | None = Bounded(
+        None, ge=1, le=MINUTES_MAX, description="When set, runs every N minutes instead of daily_at.", why="31 days"
+    )
     run_on_start: bool = Field(True, description="Also run at start when the last run is older than one period.")
-    refresh_seconds: float = Field(30, gt=0, description="How often the metrics snapshot is re-read from the log table.")
-    max_concurrent_targets: int = Field(
-        4, ge=1,
+    refresh_seconds: float = Bounded(
+        30, gt=0, le=3600, description="How often the metrics snapshot is re-read from the log table.",
+        why="an hour: the metrics must stay fresher than the alerts expect"
+    )
+    max_concurrent_targets: int = Bounded(
+        4, ge=1, le=256, why="each holds a thread and a session",
         description="Targets verified at the same time. A run holds one session on its target (and one on the log "
         "database with log_dsn) and the refresh thread one more: at most this + 1 sessions per server, plus a "
         "restore drill's own (docs/daemon.md).",
@@ -448,7 +500,10 @@ class Settings(BaseSettings):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="When the daemon verifies.")
     http: HttpConfig = Field(default_factory=HttpConfig, description="The metrics endpoint.")
     spool_dir: Path = Field(Path("/var/lib/pgbv/spool"), description="Results that could not be written yet wait here.")
-    retention_days: int = Field(90, ge=1, description="Log rows older than this are deleted by `pgbv cleanup` and daily by the daemon.")
+    retention_days: int = Bounded(
+        90, ge=1, le=DAYS_MAX, description="Log rows older than this are deleted by `pgbv cleanup` and daily by the daemon.",
+        why="a century; the log functions take an integer"
+    )
     log_format: Literal["text", "json"] = Field("text", description="Format of pgbv's own log lines.")
 
     @field_validator("targets")
@@ -536,8 +591,15 @@ def _overlay_env(data: dict[str, Any], environ: dict[str, str]) -> dict[str, Any
     return data
 
 
+# One problem's line stays readable whatever the input: an echoed value is cut.
+MAX_MESSAGE_CHARS = 200
+
+
 def _describe(error: dict[str, Any]) -> str:
-    loc = ".".join(str(p) for p in error["loc"] if not (isinstance(p, str) and p in BACKUP_SOURCES))
+    parts = [p for p in error["loc"] if not (isinstance(p, str) and p in BACKUP_SOURCES)]
+    # A mapping's key that is wrong (min_policies) is named by the message, not twice.
+    is_key = parts[-1:] == ["[key]"]
+    loc = ".".join(str(p) for p in (parts[:-2] if is_key else parts)) + (" (a key)" if is_key else "")
     message = error["msg"]
     if error["type"] == "extra_forbidden":
         message = "unknown key"
@@ -546,6 +608,8 @@ def _describe(error: dict[str, Any]) -> str:
     elif error["type"] == "union_tag_invalid":
         message = f"unknown backup source {error['input'].get('source')!r}; known: {', '.join(BACKUP_SOURCES)}" if isinstance(error.get("input"), dict) else message
     message = message.removeprefix("Value error, ")
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS - 1] + "…"
     return f"{loc}: {message}" if loc else message
 
 

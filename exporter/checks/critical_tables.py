@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from exporter.catalog import listing
+from exporter.catalog import TABLE_KINDS, listing
 from exporter.checks.base import Check, CheckContext
 from exporter.config import TargetConfig
 from exporter.result import CheckResult
@@ -15,6 +15,7 @@ class TablesExistCheck(Check):
 
     config_field: ClassVar[str]
     kind: ClassVar[str]  # how the message calls these tables
+    relkinds: ClassVar[str] = TABLE_KINDS  # the pg_class.relkind letters that count
 
     def names(self, target: TargetConfig) -> list[str]:
         return list(dict.fromkeys(getattr(target.checks, self.config_field)))
@@ -24,7 +25,7 @@ class TablesExistCheck(Check):
 
     def run(self, ctx: CheckContext) -> CheckResult:
         names = self.names(ctx.target)
-        found = ctx.tables(names)
+        found = ctx.tables(names, self.relkinds)
         missing = [name for name in names if name not in found]
         observed = [found[name].qualified for name in names if name in found]
         if missing:

@@ -6,7 +6,7 @@ import pytest
 from exporter.checks.index_coverage import CHECK
 from tests.checks.catalog_support import make_tables, run_prepared, run_while_locked
 from tests.checks.helpers import check_once
-from tests.conftest import make_target, execute as _sql
+from tests.conftest import SEED_CHECKS, make_target, execute as _sql
 
 SEED_INDEXES = {
     "organizations": 3, "profiles": 1, "agents": 2, "appointments": 3, "contacts": 2,
@@ -59,3 +59,37 @@ def test_constant_statements_for_5_or_200_tables(make_db):
 def test_timeout_is_an_error(demo_db):
     result = run_while_locked(CHECK, make_target(demo_db, statement_timeout_seconds=0.5), "pg_index", "pg_catalog")
     assert result.outcome == "error" and "timed out" in result.message
+
+
+def test_exempt_tables_need_no_index_and_the_others_still_do(demo_db):
+    _sql(
+        demo_db,
+        "ALTER TABLE knowledge_base_chunks DROP CONSTRAINT knowledge_base_chunks_pkey",
+        "ALTER TABLE audit_logs DROP CONSTRAINT audit_logs_pkey",
+    )
+    exempt = check_once(CHECK, make_target(demo_db, checks=dict(SEED_CHECKS, index_coverage_exempt=["knowledge_base_chunks"])))
+    assert exempt.outcome == "fail"
+    assert exempt.message == "no valid index on audit_logs; exempt (index_coverage_exempt): knowledge_base_chunks"
+    both = dict(SEED_CHECKS, index_coverage_exempt=["knowledge_base_chunks", "public.audit_logs"])
+    result = check_once(CHECK, make_target(demo_db, checks=both))
+    assert result.outcome == "pass", result.message
+    assert result.message == ("7 tables checked, each with an index (15 indexes in all); "
+                              "exempt (index_coverage_exempt): knowledge_base_chunks, audit_logs")
+    assert result.data["exempt"] == ["knowledge_base_chunks", "audit_logs"]
+
+
+def test_an_exemption_matches_the_table_however_it_is_spelled(demo_db):
+    _sql(demo_db, 'CREATE SCHEMA "Billing"', 'CREATE TABLE "Billing"."Ledger" (id int)')
+    checks = {"critical_tables": ["Billing.Ledger"], "index_coverage_exempt": ['"Billing"."Ledger"']}
+    assert check_once(CHECK, make_target(demo_db, checks=checks)).outcome == "pass"
+    other = {"critical_tables": ["Billing.Ledger"], "index_coverage_exempt": ["Billing.Invoices"]}
+    assert check_once(CHECK, make_target(demo_db, checks=other)).message == "no valid index on Billing.Ledger"
+
+
+def test_a_required_materialized_view_is_covered_too(demo_db):
+    _sql(demo_db, "CREATE MATERIALIZED VIEW agent_summary AS SELECT organization_id, count(*) FROM agents GROUP BY 1")
+    checks = {"critical_tables": ["agents"], "required_tables": ["agent_summary"]}
+    assert check_once(CHECK, make_target(demo_db, checks=checks)).message == "no valid index on agent_summary"
+    _sql(demo_db, "CREATE UNIQUE INDEX ON agent_summary (organization_id)")
+    indexed = check_once(CHECK, make_target(demo_db, checks=checks))
+    assert indexed.outcome == "pass" and indexed.data["index_counts"] == {"agents": 2, "agent_summary": 1}

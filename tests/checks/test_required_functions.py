@@ -48,3 +48,21 @@ def test_schema_qualified_and_hostile_names(demo_db):
 def test_timeout_is_an_error(demo_db):
     result = run_while_locked(CHECK, make_target(demo_db, statement_timeout_seconds=0.5), "pg_proc", "pg_catalog")
     assert result.outcome == "error" and "timed out" in result.message
+
+
+def test_quoted_and_raw_mixed_case_names(demo_db):
+    # Two functions whose names differ only in case: a raw name prefers its exact
+    # spelling, then the lower-case fold; a quoted one is exact.
+    _sql(
+        demo_db,
+        'CREATE FUNCTION "Audit"() RETURNS void LANGUAGE sql AS \'\'',
+        "CREATE FUNCTION audit(n integer) RETURNS void LANGUAGE sql AS ''",
+        'CREATE SCHEMA "Ops"', 'CREATE FUNCTION "Ops".rotate() RETURNS void LANGUAGE sql AS \'\'',
+    )
+    names = ["Audit", "AUDIT", '"audit"', '"Ops".ROTATE', "Ops.Rotate", '"AUDIT"', '"Ops"."Rotate"']
+    result = check_once(CHECK, make_target(demo_db, checks={"required_functions": names}))
+    assert result.observed == {
+        "Audit": ["public.Audit()"], "AUDIT": ["public.audit(n integer)"],
+        '"audit"': ["public.audit(n integer)"], '"Ops".ROTATE': ["Ops.rotate()"], "Ops.Rotate": ["Ops.rotate()"],
+    }
+    assert result.message == '2 of 7 required functions missing: "AUDIT", "Ops"."Rotate"'

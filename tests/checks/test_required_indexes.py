@@ -60,3 +60,18 @@ def test_schema_qualified_and_hostile_names(demo_db):
 def test_timeout_is_an_error(demo_db):
     result = run_while_locked(CHECK, make_target(demo_db, statement_timeout_seconds=0.5), "pg_index", "pg_catalog")
     assert result.outcome == "error" and "timed out" in result.message
+
+
+def test_quoted_and_raw_mixed_case_names(demo_db):
+    with psycopg.connect(demo_db, autocommit=True) as conn:
+        conn.execute('CREATE SCHEMA "Billing"; CREATE TABLE "Billing"."Invoices" (id int, due date)')
+        conn.execute('CREATE INDEX "Idx_Invoices_Id" ON "Billing"."Invoices" (id)')
+        conn.execute('CREATE INDEX Idx_Invoices_Due ON "Billing"."Invoices" (due)')  # unquoted: idx_invoices_due
+    names = ['"Billing"."Idx_Invoices_Id"', "Billing.Idx_Invoices_Id", "Billing.IDX_INVOICES_DUE", '"Billing".idx_invoices_due']
+    result = check_once(CHECK, make_target(demo_db, checks={"required_indexes": names}))
+    assert result.outcome == "pass", result.message
+    assert result.observed == ["Billing.Idx_Invoices_Id", "Billing.Idx_Invoices_Id",
+                               "Billing.idx_invoices_due", "Billing.idx_invoices_due"]
+    quoted = ['"Billing"."IDX_INVOICES_DUE"', '"billing"."Idx_Invoices_Id"']
+    missing = check_once(CHECK, make_target(demo_db, checks={"required_indexes": quoted}))
+    assert missing.message == f"missing: {quoted[0]}, {quoted[1]}"
