@@ -268,6 +268,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _server_said(exc: BaseException) -> str | None:
+    """The server's words when exc is an error PostgreSQL sent (it has a SQLSTATE): a
+    missing library or a corrupt page is the server's fault to report, not a bug in pgbv."""
+    psycopg = sys.modules.get("psycopg")  # not imported: no psycopg error can have been raised
+    if psycopg is None or not isinstance(exc, psycopg.Error) or exc.sqlstate is None:
+        return None
+    from exporter.db import first_line
+
+    return f"{first_line(exc)} (SQLSTATE {exc.sqlstate})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -285,5 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - never a traceback for a user; PGBV_DEBUG=1 shows it
         if os.environ.get("PGBV_DEBUG"):
             raise
+        said = _server_said(exc)
+        if said is not None:
+            _say(f"the server reported: {said}")
+            return EXIT_UNKNOWN
         _say(f"internal error: {type(exc).__name__}: {exc} (set PGBV_DEBUG=1 for a traceback)")
         return EXIT_UNKNOWN

@@ -11,10 +11,21 @@ Outcome = Literal["pass", "warn", "fail", "error"]
 Status = Literal["success", "warning", "failure"]
 
 OUTCOMES: tuple[str, ...] = ("pass", "warn", "fail", "error")
+STATUSES: tuple[str, ...] = ("success", "warning", "failure")
 
 # Monitoring-plugin convention: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 EXIT_OK, EXIT_WARNING, EXIT_FAILURE, EXIT_UNKNOWN = 0, 1, 2, 3
 EXIT_BY_STATUS = {"success": EXIT_OK, "warning": EXIT_WARNING, "failure": EXIT_FAILURE}
+# The verdict a person reads, matching the exit code: "unknown" is a run that could not
+# judge the backups (target unreachable), though its row is recorded as a failure.
+VERDICT_BY_EXIT = {EXIT_OK: "success", EXIT_WARNING: "warning", EXIT_FAILURE: "failure", EXIT_UNKNOWN: "unknown"}
+
+# The check that reads the history of runs: a run counts in the success ratio by the
+# verdict of its other checks, so the ratio can never feed on its own outcome.
+RATIO_CHECK = "success_rate"
+# verification_details->>'counted_as' of a run that reached neither the database nor
+# its backups: left out of the success ratio and counted apart.
+UNREACHED = "unreached"
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,26 @@ class RunResult:
         return EXIT_BY_STATUS[self.status]
 
     @property
+    def verdict(self) -> str:
+        return VERDICT_BY_EXIT[self.exit_code]
+
+    @property
+    def reached(self) -> bool:
+        """The run reached the database and, when it has one, a backup source that answered
+        (a backup, or "there is none"); a source that could not answer proves nothing."""
+        if self.unreachable is not None:
+            return False
+        return self.backup is None or self.backup.error is None
+
+    @property
+    def counted_as(self) -> str:
+        """How this run counts in the success ratio: the status of its checks other than
+        success_rate, or UNREACHED."""
+        if not self.reached:
+            return UNREACHED
+        return run_status([check for check in self.checks if check.name != RATIO_CHECK])
+
+    @property
     def checks_passed(self) -> int:
         return sum(1 for check in self.checks if not check.failed)
 
@@ -155,6 +186,7 @@ class RunResult:
         details: dict[str, Any] = {
             "target": self.target,
             "status": self.status,
+            "counted_as": self.counted_as,
             "duration_seconds": round(self.duration_seconds, 6),
             "checks_warned": self.checks_warned,
             "checks": [check.as_dict() for check in self.checks],

@@ -28,8 +28,9 @@ def _reason(exc: BaseException, ctx: CheckContext) -> str:
         return f"permission denied: {first_line(exc)}"
     if isinstance(exc, psycopg.OperationalError):
         return f"connection lost: {first_line(exc)}"
-    if isinstance(exc, psycopg.Error):
-        return f"{type(exc).__name__}: {first_line(exc)}"
+    if isinstance(exc, psycopg.Error) and exc.sqlstate is not None:
+        # The server's own words (a missing library, a corrupt page...): nothing pgbv got wrong.
+        return f"the server reported: {first_line(exc)} (SQLSTATE {exc.sqlstate})"
     return f"internal error {type(exc).__name__}: {exc}"
 
 
