@@ -51,8 +51,7 @@ def _report(results, fmt: str) -> int:
     print(render(results, fmt, sys.stdout))
     code = EXIT_OK
     for result in results:
-        if result.unreachable is not None:
-            _say(f"target {result.target}: unreachable: {result.unreachable}")
+        # An unreachable target is said once, by the report (UNKNOWN, exit 3), not again here.
         if result.record_error is not None:
             _say(result.record_error)
         code = max(code, result.exit_code, EXIT_UNKNOWN if result.record_error else EXIT_OK)
