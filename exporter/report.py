@@ -112,7 +112,8 @@ def _render_text_one(result: RunResult, colour: bool) -> str:
     if result.unreachable is not None:
         # The exit code is 3: nothing was judged, so the verdict is UNKNOWN (the row is a failure).
         lines.append(f"target {result.target}: {status}: unreachable: {result.unreachable}")
-        lines.append(_recorded(result))
+        if result.id is not None or result.record_error is not None:  # with log_dsn, the log may still take the row
+            lines.append(_recorded(result))
         return "\n".join(lines)
     lines.append(
         f"target {result.target}: {status} - {result.checks_passed} passed, {result.checks_failed} failed, "
