@@ -23,9 +23,10 @@ VERDICT_BY_EXIT = {EXIT_OK: "success", EXIT_WARNING: "warning", EXIT_FAILURE: "f
 # The check that reads the history of runs: a run counts in the success ratio by the
 # verdict of its other checks, so the ratio can never feed on its own outcome.
 RATIO_CHECK = "success_rate"
-# verification_details->>'counted_as' of a run that reached neither the database nor
-# its backups: left out of the success ratio and counted apart.
-UNREACHED = "unreached"
+# error_details entries that are not checks: what a run could not reach. Such a run is
+# left out of the success ratio and counted apart (record.SUCCESS_RATIOS_SQL reads them).
+CONNECTION_ENTRY = "connection"  # the target itself (no check ran)
+BACKUP_SOURCE_ENTRY = "backup_source"  # a backup source that could not answer
 
 
 @dataclass(frozen=True)
@@ -135,22 +136,6 @@ class RunResult:
         return VERDICT_BY_EXIT[self.exit_code]
 
     @property
-    def reached(self) -> bool:
-        """The run reached the database and, when it has one, a backup source that answered
-        (a backup, or "there is none"); a source that could not answer proves nothing."""
-        if self.unreachable is not None:
-            return False
-        return self.backup is None or self.backup.error is None
-
-    @property
-    def counted_as(self) -> str:
-        """How this run counts in the success ratio: the status of its checks other than
-        success_rate, or UNREACHED."""
-        if not self.reached:
-            return UNREACHED
-        return run_status([check for check in self.checks if check.name != RATIO_CHECK])
-
-    @property
     def checks_passed(self) -> int:
         return sum(1 for check in self.checks if not check.failed)
 
@@ -178,7 +163,11 @@ class RunResult:
             if check.failed
         ]
         if self.unreachable is not None:
-            failed.insert(0, {"name": "connection", "outcome": "error", "message": self.unreachable})
+            failed.insert(0, {"name": CONNECTION_ENTRY, "outcome": "error", "message": self.unreachable})
+        elif self.backup is not None and self.backup.error is not None:
+            # The backup checks say it too, each in its words; this entry says that the
+            # run never reached the backups (the success ratio leaves such runs out).
+            failed.insert(0, {"name": BACKUP_SOURCE_ENTRY, "outcome": "error", "message": self.backup.error})
         return failed or None
 
     def verification_details(self) -> dict[str, Any]:
@@ -186,7 +175,6 @@ class RunResult:
         details: dict[str, Any] = {
             "target": self.target,
             "status": self.status,
-            "counted_as": self.counted_as,
             "duration_seconds": round(self.duration_seconds, 6),
             "checks_warned": self.checks_warned,
             "checks": [check.as_dict() for check in self.checks],

@@ -66,7 +66,7 @@ def test_only_this_target_and_legacy_rows_count(demo_db):
         (3, "success", None),                                     # the seed's hand-made row: counts
         (4, "failure", "other"), (5, "failure", "other"),         # another target: never counts
         (6, "warning", "other"), (1, "failure", "other"),
-        (20, "warning", "app"),                                   # in 30 days only
+        (20, "failure", "app"),                                   # in 30 days only
         (45, "failure", "app"),                                   # in neither window
     )
     result = check_once(CHECK, make_target(demo_db), now=NOW)
@@ -78,9 +78,10 @@ def test_only_this_target_and_legacy_rows_count(demo_db):
         "7 of 8 runs in the last 7 days succeeded (87.5%), below the floor of 90% (min_success_ratio); "
         "30 days: 77.8% (7 of 9 runs)"
     )
-    # The same rows judged for the other target: only its own four runs, all failed.
+    # The same rows judged for the other target: its own four runs (three failed, one
+    # warned: a warning is not a failure) and the hand-made row.
     other = check_once(CHECK, make_target(demo_db, name="other"), now=NOW)
-    assert other.data["runs_7d"] == 5 and other.data["success_ratio_7d"] == 1 / 5
+    assert other.data["runs_7d"] == 5 and other.data["success_ratio_7d"] == 2 / 5
 
 
 def test_ratio_at_the_floor_passes(demo_db):
@@ -91,8 +92,10 @@ def test_ratio_at_the_floor_passes(demo_db):
     assert result.message == "9 of 10 runs in the last 7 days succeeded (90.0%); 30 days: 90.0% (9 of 10 runs)"
 
 
-def test_warnings_are_not_successes_and_the_floor_is_configurable(demo_db):
-    insert(demo_db, (1, "success", "app"), (2, "warning", "app"), (3, "warning", "app"), (4, "success", "app"))
+def test_warnings_are_not_failures_and_the_floor_is_configurable(demo_db):
+    # The ratio is the share of runs whose checks did not fail: a warning (a backup a
+    # little old) pages through PgBackupVerificationWarning, not through the ratio too.
+    insert(demo_db, (1, "success", "app"), (2, "warning", "app"), (3, "failure", "app"), (4, "failure", "app"))
     strict = check_once(CHECK, make_target(demo_db), now=NOW)
     assert strict.outcome == "warn"
     assert "2 of 4 runs" in strict.message
@@ -210,19 +213,21 @@ def test_runs_that_reached_nothing_are_left_out_and_counted_apart(demo_db, tmp_p
 
 
 def test_a_run_counts_by_its_other_checks(demo_db):
-    # A success_rate that warned (or errored: its log database was down and the row came
-    # back through the spool) does not make the run count as unsuccessful; a real
-    # failure or warning of another check does.
+    # A success_rate that failed (rows written before it only warned: the lock-in
+    # itself) or errored (its log database was down and the row came back through the
+    # spool) does not make the run count as failed; a failure of another check does.
     record_run(demo_db, run_result(("critical_tables", "pass"), ("success_rate", "warn"), days_ago=1))
     record_run(demo_db, run_result(("critical_tables", "pass"), ("success_rate", "error"), days_ago=2))
+    record_run(demo_db, run_result(("critical_tables", "pass"), ("success_rate", "fail"), days_ago=2.5))
     record_run(demo_db, run_result(("critical_tables", "fail"), ("success_rate", "pass"), days_ago=3))
+    record_run(demo_db, run_result(("critical_tables", "fail"), ("success_rate", "fail"), days_ago=3.5))
     record_run(demo_db, run_result(("backup_age", "warn"), ("success_rate", "pass"), days_ago=4))
     with psycopg.connect(demo_db) as conn:
-        rows = conn.execute("SELECT status, verification_details->>'counted_as' FROM backup_verification_log"
-                            " ORDER BY verified_at DESC").fetchall()
-    assert rows == [("warning", "success"), ("failure", "success"), ("failure", "failure"), ("warning", "warning")]
+        statuses = [row[0] for row in conn.execute(
+            "SELECT status FROM backup_verification_log ORDER BY verified_at DESC").fetchall()]
+    assert statuses == ["warning", "failure", "failure", "failure", "failure", "warning"]
     result = check_once(CHECK, make_target(demo_db, checks={"min_success_ratio": 0.5}), now=NOW)
-    assert (result.data["runs_7d"], result.data["success_ratio_7d"]) == (4, 0.5)
+    assert (result.data["runs_7d"], result.data["success_ratio_7d"]) == (6, 4 / 6)
     assert result.outcome == "pass", result.message
 
 
