@@ -4,9 +4,9 @@ A row belongs to this target when its verification_details names it, or names no
 target at all: rows written by hand before pgbv (the seed's own test row) have none,
 and they are this database's history.
 
-The ratio judges the backups, never itself: a run counts by the verdict of its
-other checks (verification_details->>'counted_as'), and runs that never reached the
-database or the backups are left out (and said). Below the floor this check warns
+The ratio judges the backups, never itself: a run counts as succeeded when its
+other checks did not fail (record.SUCCESS_RATIOS_SQL), and runs that never reached
+the database or the backups are left out (and said). Below the floor this check warns
 and never fails: a failure recorded because the ratio was low would pull the ratio
 lower, and the run after it would fail again, whatever the backups. The trend pages
 through the PgBackupVerificationSuccessRatioLow alert instead.
