@@ -223,5 +223,5 @@ def test_success_ratios_keep_to_the_target_index(make_db):
         assert not [line for line in plan.splitlines() if "Filter" in line and "target" in line], plan
         # One run in ten is app3's: 12 in the last hour, 24 in two.
         counted = conn.execute(record.SUCCESS_RATIOS_SQL, window).fetchall()
-        assert counted == [("success", 12, 24)], counted
+        assert counted == [("ok", 12, 24)], counted
         assert record.TARGET_OF in record.SUCCESS_RATIOS_SQL

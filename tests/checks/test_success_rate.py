@@ -243,3 +243,42 @@ def test_accept_rows_entries_are_not_runs(demo_db):
             )
     result = check_once(CHECK, make_target(demo_db), now=NOW)
     assert (result.data["runs_7d"], result.data["unreached_runs_7d"], result.data["success_ratio_7d"]) == (3, 0, 1.0)
+
+
+def test_the_ratio_never_opens_the_run_documents(demo_db):
+    # A run's verification_details is several KB, compressed out of the row (TOAST):
+    # opening it for every run in the window made the ratio ~40x slower (bench/). The
+    # server counts the TOAST blocks a session reads: the ratio over successes,
+    # warnings, failures (only success_rate's, or real ones) and unreachable runs reads none.
+    from datetime import timedelta as td
+
+    from exporter import record
+
+    bulky = {"checks": [{"name": f"check_{i}", "message": NOW.isoformat() + str(i) * 40} for i in range(200)]}
+    kinds = [(("critical_tables", "pass"),), (("critical_tables", "pass"), ("success_rate", "warn")),
+             (("critical_tables", "fail"),), (("critical_tables", "pass"), ("success_rate", "fail"))]
+    for index in range(40):
+        result = run_result(*kinds[index % 4], days_ago=index / 10)
+        result.facts["bulk"] = bulky
+        record_run(demo_db, result)
+    unreachable = run_result(days_ago=0.3, unreachable="connection refused")
+    unreachable.facts["bulk"] = bulky
+    record_run(demo_db, unreachable)
+    with psycopg.connect(demo_db, autocommit=True) as conn:
+        assert conn.execute("SELECT pg_column_size(verification_details) < octet_length(verification_details::text)"
+                            " FROM backup_verification_log LIMIT 1").fetchone()[0]  # compressed: TOASTed
+
+        def toast_blocks() -> int:
+            conn.execute("SELECT pg_stat_force_next_flush()")
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            return conn.execute("SELECT coalesce(toast_blks_read, 0) + coalesce(toast_blks_hit, 0) FROM pg_statio_user_tables"
+                                " WHERE relname = 'backup_verification_log'").fetchone()[0]
+
+        before = toast_blocks()
+        runs = record.success_ratios(conn, "app", NOW + td(seconds=1))
+        after = toast_blocks()
+        conn.execute("SELECT verification_details->>'target' FROM backup_verification_log").fetchall()
+        opened = toast_blocks()
+    assert runs["7d"] == record.RunCounts(counted=40, succeeded=30, unreached=1)
+    assert after == before, "the ratio read TOASTed documents"
+    assert opened > after  # the measure sees a read of the documents
