@@ -139,6 +139,15 @@ def ratio_now(target) -> float | None:
         return snapshot.read_target(conn, target, True).success_ratio["7d"]
 
 
+def unreached_now(target) -> int:
+    """pgbv_unreached_runs{window="7d"} as the metrics snapshot reads it."""
+    from exporter import snapshot
+    from exporter.db import connect
+
+    with connect(target, log=True) as conn:
+        return snapshot.read_target(conn, target, True).unreached_runs["7d"]
+
+
 def test_two_failed_runs_never_lock_healthy_runs_in_failure(demo_db):
     # The issue's sequence: two runs fail on a configuration mistake (a table that
     # does not exist); then the configuration is fixed. Every healthy run after them
@@ -165,10 +174,21 @@ def test_two_failed_runs_never_lock_healthy_runs_in_failure(demo_db):
     # Three runs are needed before the ratio is judged: 0 of 2 is "not enough history".
     assert statuses == ["success", "warning", "warning", "warning", "warning"]
     assert ratios == [1 / 3, 2 / 4, 3 / 5, 4 / 6, 5 / 7]
+    # The server goes away for two runs (recorded through a log database that is still
+    # up): those runs are failures in the log, but they do not lower the ratio.
+    gone = make_target("host=127.0.0.1 port=1 dbname=app user=pgbv connect_timeout=2", log_dsn=demo_db)
+    for _ in range(2):
+        outage = verify_target(gone)
+        assert outage.unreachable is not None and outage.id is not None, outage.record_error
+    assert ratio_now(healthy) == 5 / 7
+    assert unreached_now(healthy) == 2
+    after = verify_target(healthy)
+    assert after.status == "warning" and ratio_now(healthy) == 6 / 8
+    assert after.check("success_rate").data["unreached_runs_7d"] == 2
     with psycopg.connect(demo_db) as conn:
         recorded = [row[0] for row in conn.execute(
             "SELECT status FROM backup_verification_log ORDER BY verified_at").fetchall()]
-    assert recorded == ["failure", "failure", *statuses]
+    assert recorded == ["failure", "failure", *statuses, "failure", "failure", "warning"]
 
 
 def record_run(dsn: str, result) -> None:
