@@ -23,8 +23,8 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 import exporter
+from exporter.logschema import STATUSES
 from exporter.record import RATIO_WINDOWS
-from exporter.result import STATUSES
 from exporter.snapshot import Snapshot, TargetSnapshot
 
 # generate_latest writes the classic text format; prometheus_client's own

@@ -11,7 +11,6 @@ Outcome = Literal["pass", "warn", "fail", "error"]
 Status = Literal["success", "warning", "failure"]
 
 OUTCOMES: tuple[str, ...] = ("pass", "warn", "fail", "error")
-STATUSES: tuple[str, ...] = ("success", "warning", "failure")
 
 # Monitoring-plugin convention: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 EXIT_OK, EXIT_WARNING, EXIT_FAILURE, EXIT_UNKNOWN = 0, 1, 2, 3

@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from exporter import record, snapshot
+from exporter import record
 from exporter.db import connect, connect_dsn, writable
 from tests.conftest import make_target
 
