@@ -209,7 +209,7 @@ WHATIF_DDL = (
 def target_column_whatif(conn: psycopg.Connection, settings, now: datetime) -> dict:
     """Applies WHATIF_DDL on this benchmark's own table, measures the ratio read and the refresh
     with snapshot's ratio query pointed at the column (in this process only), then undoes it."""
-    original = snapshot._RATIOS_SQL
+    original = record.SUCCESS_RATIOS_SQL
     patched = original.replace(record.TARGET_OF, WHATIF_COLUMN)
     if patched == original:
         return {}
@@ -217,20 +217,20 @@ def target_column_whatif(conn: psycopg.Connection, settings, now: datetime) -> d
     for statement in WHATIF_DDL:
         conn.execute(statement)
     build = time.monotonic() - t
-    params = {"target": "app03", "now": now, "since_7d": now - timedelta(days=7), "since_30d": now - timedelta(days=30)}
+    params = {"target": "app03", "now": now, "since_short": now - timedelta(days=7), "since_long": now - timedelta(days=30)}
     out: dict = {"build_seconds": build}
     try:
         plan = explain(conn, patched, params, "json")
         out["ratio_seconds"] = timed(conn, patched, params, 20)
         out["ratio_scans"] = scans(plan)
         out["ratio_plan"] = explain(conn, patched, params, "text")
-        snapshot._RATIOS_SQL = patched
+        record.SUCCESS_RATIOS_SQL = patched
         t = time.perf_counter()
         for target in settings.targets:
             snapshot.read_target(conn, target, True, now=now)
         out["refresh_seconds"] = time.perf_counter() - t
     finally:
-        snapshot._RATIOS_SQL = original
+        record.SUCCESS_RATIOS_SQL = original
         conn.execute("DROP INDEX whatif_target_status")
         conn.execute(f"ALTER TABLE backup_verification_log DROP COLUMN {WHATIF_COLUMN}")
     return out

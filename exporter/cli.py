@@ -52,8 +52,7 @@ def _report(results, fmt: str) -> int:
     print(render(results, fmt, sys.stdout))
     code = EXIT_OK
     for result in results:
-        if result.unreachable is not None:
-            _say(f"target {result.target}: unreachable: {result.unreachable}")
+        # An unreachable target is said once, by the report (UNKNOWN, exit 3), not again here.
         if result.record_error is not None:
             _say(result.record_error)
         code = max(code, result.exit_code, EXIT_UNKNOWN if result.record_error else EXIT_OK)
@@ -314,6 +313,15 @@ class _ClosedPipeGuard:
 
     def __getattr__(self, name: str):
         return getattr(self._stream, name)
+def _server_said(exc: BaseException) -> str | None:
+    """The server's words when exc is an error PostgreSQL sent (it has a SQLSTATE): a
+    missing library or a corrupt page is the server's fault to report, not a bug in pgbv."""
+    psycopg = sys.modules.get("psycopg")  # not imported: no psycopg error can have been raised
+    if psycopg is None or not isinstance(exc, psycopg.Error) or exc.sqlstate is None:
+        return None
+    from exporter.db import first_line
+
+    return f"{first_line(exc)} (SQLSTATE {exc.sqlstate})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,5 +351,9 @@ def _main(argv: list[str] | None) -> int:
     except Exception as exc:  # noqa: BLE001 - never a traceback for a user; PGBV_DEBUG=1 shows it
         if os.environ.get("PGBV_DEBUG"):
             raise
+        said = _server_said(exc)
+        if said is not None:
+            _say(f"the server reported: {said}")
+            return EXIT_UNKNOWN
         _say(f"internal error: {type(exc).__name__}: {exc} (set PGBV_DEBUG=1 for a traceback)")
         return EXIT_UNKNOWN

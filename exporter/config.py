@@ -250,7 +250,9 @@ class ChecksConfig(_Strict):
         description="`row_counts` fails when a critical table lost more than this share of its rows since the last run.",
     )
     min_success_ratio: float = Bounded(
-        0.9, ge=0, le=1, description="`success_rate` fails when the share of successful runs over 7 days is below this."
+        0.9, ge=0, le=1,
+        description="`success_rate` warns (never fails) when the share of runs over 7 days whose other checks did not "
+        "fail is below this; runs that never reached the database or the backups are left out.",
     )
     wal_archiving_max_age_minutes: float | None = Bounded(
         None, gt=0, le=MINUTES_MAX, why="31 days",

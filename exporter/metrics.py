@@ -23,7 +23,9 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 import exporter
-from exporter.snapshot import RATIO_WINDOWS, STATUSES, Snapshot, TargetSnapshot
+from exporter.logschema import STATUSES
+from exporter.record import RATIO_WINDOWS
+from exporter.snapshot import Snapshot, TargetSnapshot
 
 # generate_latest writes the classic text format; prometheus_client's own
 # CONTENT_TYPE_LATEST announces 1.0.0, which older scrapers do not negotiate.
@@ -152,14 +154,25 @@ class SnapshotCollector(Collector):
 
         ratio = GaugeMetricFamily(
             "pgbv_success_ratio",
-            "Share of verification runs with status success over the window (7d, 30d), 0 to 1; "
-            "0 when the window holds no run; computed from backup_verification_log when the snapshot is refreshed.",
+            "Share of verification runs over the window (7d, 30d) whose checks other than success_rate "
+            "did not fail (success or warning), 0 to 1; runs that reached neither the database nor the backups are left out "
+            "(pgbv_unreached_runs); 0 when the window holds no counted run; computed from "
+            "backup_verification_log when the snapshot is refreshed.",
+            labels=["target", "window"],
+        )
+        unreached = GaugeMetricFamily(
+            "pgbv_unreached_runs",
+            "Runs over the window (7d, 30d) that reached neither the database nor the backups (target "
+            "unreachable, backup source not answering), left out of pgbv_success_ratio; computed from "
+            "backup_verification_log when the snapshot is refreshed.",
             labels=["target", "window"],
         )
         for t in targets:
             for window in RATIO_WINDOWS:
                 ratio.add_metric([t.name, window], _num(t.success_ratio.get(window)))
+                unreached.add_metric([t.name, window], float(t.unreached_runs.get(window, 0)))
         yield ratio
+        yield unreached
 
         yield GaugeMetricFamily(
             "pgbv_next_run_timestamp_seconds",

@@ -88,8 +88,22 @@ def _version_key(tool: Tool) -> tuple[int, ...]:
 # --- running ---------------------------------------------------------------------------
 
 
+# "pg_restore: error: could not execute query: ..." (and pg_dump's, pg_basebackup's...).
+_ERROR_LINE = re.compile(r"^[\w.-]+: error: ")
+
+
 def _tail(text: str) -> str:
+    """A tool's words for a message: its own `error:` lines when it printed any, else its
+    last lines. pg_restore follows each error with `Command was:` and the statement,
+    often a long CREATE or COPY: the last lines would be SQL, and the error itself gone."""
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if _ERROR_LINE.match(line)]
+    if errors:
+        # The first error is the cause; the ones after it are often its consequences.
+        said = "; ".join(errors[:STDERR_TAIL_LINES])
+        if len(errors) > STDERR_TAIL_LINES:
+            said += f"; and {len(errors) - STDERR_TAIL_LINES} more error(s)"
+        return said if len(said) <= MESSAGE_LIMIT else said[:MESSAGE_LIMIT] + "..."
     tail = "; ".join(lines[-STDERR_TAIL_LINES:])
     return tail if len(tail) <= MESSAGE_LIMIT else "..." + tail[-MESSAGE_LIMIT:]
 

@@ -9,7 +9,7 @@ import os
 from datetime import datetime
 from typing import Any, TextIO
 
-from exporter.result import RunResult
+from exporter.result import VERDICT_BY_EXIT, RunResult
 
 STATUS_ORDER = {"success": 0, "warning": 1, "failure": 2}
 
@@ -37,6 +37,11 @@ def worst_status(results: list[RunResult]) -> str:
     return max((r.status for r in results), key=STATUS_ORDER.__getitem__)
 
 
+def worst_verdict(results: list[RunResult]) -> str:
+    """The verdict of several runs, as the exit code ranks them (unknown is the worst)."""
+    return VERDICT_BY_EXIT[max(r.exit_code for r in results)]
+
+
 def human_bytes(size: float | None) -> str:
     if size is None:
         return "unknown"
@@ -60,6 +65,7 @@ def run_as_dict(result: RunResult) -> dict[str, Any]:
         "target": result.target,
         "verified_at": result.verified_at.isoformat(),
         "status": result.status,
+        "verdict": result.verdict,
         "checks_passed": result.checks_passed,
         "checks_failed": result.checks_failed,
         "checks_warned": result.checks_warned,
@@ -81,13 +87,15 @@ def render_json(results: list[RunResult]) -> str:
     if len(results) == 1:
         data: Any = run_as_dict(results[0])
     else:
-        data = {"status": worst_status(results), "targets": [run_as_dict(r) for r in results]}
+        data = {"status": worst_status(results), "verdict": worst_verdict(results),
+                "targets": [run_as_dict(r) for r in results]}
     return json.dumps(data, indent=2, default=str)
 
 
 # --- text ------------------------------------------------------------------------------
 
-_COLOURS = {"pass": "32", "warn": "33", "fail": "31", "error": "31", "success": "32", "warning": "33", "failure": "31"}
+_COLOURS = {"pass": "32", "warn": "33", "fail": "31", "error": "31", "success": "32", "warning": "33", "failure": "31",
+            "unknown": "35"}
 
 
 def use_colour(stream: TextIO) -> bool:
@@ -100,8 +108,9 @@ def _paint(text: str, key: str, colour: bool) -> str:
 
 def _render_text_one(result: RunResult, colour: bool) -> str:
     lines = []
-    status = _paint(result.status.upper(), result.status, colour)
+    status = _paint(result.verdict.upper(), result.verdict, colour)
     if result.unreachable is not None:
+        # The exit code is 3: nothing was judged, so the verdict is UNKNOWN (the row is a failure).
         lines.append(f"target {result.target}: {status}: unreachable: {result.unreachable}")
     else:
         lines.append(
@@ -124,13 +133,17 @@ def _render_text_one(result: RunResult, colour: bool) -> str:
         lines.append(f"  {check.name.ljust(width)}  {outcome}  {check.message}")
     if result.facts.get("skipped_checks"):
         lines.append(f"skipped, the database being unreachable: {', '.join(result.facts['skipped_checks'])}")
-    if result.id is not None:
-        lines.append(f"recorded in backup_verification_log as {result.id}")
-    elif result.record_error is not None:
-        lines.append(f"NOT recorded: {result.record_error}")
-    elif result.unreachable is None:
-        lines.append("not recorded (--no-record)")
+    if result.unreachable is None or result.id is not None or result.record_error is not None:
+        lines.append(_recorded(result))
     return "\n".join(lines)
+
+
+def _recorded(result: RunResult) -> str:
+    if result.id is not None:
+        return f"recorded in backup_verification_log as {result.id}"
+    if result.record_error is not None:
+        return f"NOT recorded: {result.record_error}"
+    return "not recorded (--no-record)"
 
 
 def render_text(results: list[RunResult], colour: bool = False) -> str:
@@ -139,7 +152,8 @@ def render_text(results: list[RunResult], colour: bool = False) -> str:
 
 # --- Markdown --------------------------------------------------------------------------
 
-_MARK = {"pass": "✅", "warn": "⚠️", "fail": "❌", "error": "❌", "success": "✅", "warning": "⚠️", "failure": "❌"}
+_MARK = {"pass": "✅", "warn": "⚠️", "fail": "❌", "error": "❌", "success": "✅", "warning": "⚠️", "failure": "❌",
+         "unknown": "❓"}
 
 
 def _md_value(value: Any) -> str:
@@ -157,13 +171,13 @@ def _md_table(title: tuple[str, str], rows: dict[str, Any]) -> list[str]:
 
 
 def _render_markdown_one(result: RunResult) -> str:
-    status = result.status.upper()
+    status = result.verdict.upper()
     lines = [
         f"# Backup Verification Report: {result.target}",
         "",
         f"**Verified at:** {_iso(result.verified_at)}  ",
         f"**Duration:** {result.duration_seconds:.2f} s  ",
-        f"**Status:** {_MARK[result.status]} {status}  ",
+        f"**Status:** {_MARK[result.verdict]} {status}  ",
     ]
     if result.id is not None:
         lines.append(f"**Recorded as:** `{result.id}` in `backup_verification_log`")
@@ -173,7 +187,7 @@ def _render_markdown_one(result: RunResult) -> str:
         lines.append("**Not recorded** (`--no-record`)")
     lines.append("")
     if result.unreachable is not None:
-        lines += ["## Result", "", f"❌ The target could not be reached: {result.unreachable}", ""]
+        lines += ["## Result", "", f"The target could not be reached, so nothing was verified: {result.unreachable}", ""]
         return "\n".join(lines)
     total = len(result.checks)
     lines += [

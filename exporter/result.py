@@ -15,6 +15,17 @@ OUTCOMES: tuple[str, ...] = ("pass", "warn", "fail", "error")
 # Monitoring-plugin convention: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 EXIT_OK, EXIT_WARNING, EXIT_FAILURE, EXIT_UNKNOWN = 0, 1, 2, 3
 EXIT_BY_STATUS = {"success": EXIT_OK, "warning": EXIT_WARNING, "failure": EXIT_FAILURE}
+# The verdict a person reads, matching the exit code: "unknown" is a run that could not
+# judge the backups (target unreachable), though its row is recorded as a failure.
+VERDICT_BY_EXIT = {EXIT_OK: "success", EXIT_WARNING: "warning", EXIT_FAILURE: "failure", EXIT_UNKNOWN: "unknown"}
+
+# The check that reads the history of runs: a run counts in the success ratio by the
+# verdict of its other checks, so the ratio can never feed on its own outcome.
+RATIO_CHECK = "success_rate"
+# error_details entries that are not checks: what a run could not reach. Such a run is
+# left out of the success ratio and counted apart (record.SUCCESS_RATIOS_SQL reads them).
+CONNECTION_ENTRY = "connection"  # the target itself (no check ran)
+BACKUP_SOURCE_ENTRY = "backup_source"  # a backup source that could not answer
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,10 @@ class RunResult:
         return EXIT_BY_STATUS[self.status]
 
     @property
+    def verdict(self) -> str:
+        return VERDICT_BY_EXIT[self.exit_code]
+
+    @property
     def checks_passed(self) -> int:
         return sum(1 for check in self.checks if not check.failed)
 
@@ -156,7 +171,11 @@ class RunResult:
             if check.failed
         ]
         if self.unreachable is not None:
-            failed.insert(0, {"name": "connection", "outcome": "error", "message": self.unreachable})
+            failed.insert(0, {"name": CONNECTION_ENTRY, "outcome": "error", "message": self.unreachable})
+        elif self.backup is not None and self.backup.error is not None:
+            # The backup checks say it too, each in its words; this entry says that the
+            # run never reached the backups (the success ratio leaves such runs out).
+            failed.insert(0, {"name": BACKUP_SOURCE_ENTRY, "outcome": "error", "message": self.backup.error})
         return failed or None
 
     def verification_details(self) -> dict[str, Any]:

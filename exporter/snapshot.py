@@ -13,16 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import psycopg
 
 from exporter.config import Settings, TargetConfig
-from exporter.record import BELONGS_TO_TARGET, GOOD_DRILL, newest_query
-
-STATUSES = ("success", "warning", "failure")
-RATIO_WINDOWS = {"7d": 7, "30d": 30}
+from exporter.record import GOOD_DRILL, newest_query, success_ratios
 
 
 @dataclass(frozen=True)
@@ -44,6 +41,8 @@ class TargetSnapshot:
     table_rows: dict[str, int] = field(default_factory=dict)
     rls_policies: dict[str, int] = field(default_factory=dict)
     success_ratio: dict[str, float | None] = field(default_factory=dict)  # window ("7d", "30d") -> share
+    # window -> runs that reached neither the database nor the backups, left out of the ratio
+    unreached_runs: dict[str, int] = field(default_factory=dict)
     warn_age_seconds: float | None = None  # None when the target has no backup source
     max_age_seconds: float | None = None
     success_ratio_min: float = 0.0
@@ -94,16 +93,6 @@ def empty(settings: Settings) -> Snapshot:
 _LATEST_SQL = newest_query(["verified_at", "status", "verification_details"])
 _LAST_SUCCESS_SQL = newest_query(["verified_at"], "status = 'success'")
 
-_RATIOS_SQL = f"""
-SELECT count(*) FILTER (WHERE verified_at >= %(since_7d)s),
-       count(*) FILTER (WHERE verified_at >= %(since_7d)s AND status = 'success'),
-       count(*),
-       count(*) FILTER (WHERE status = 'success')
-  FROM backup_verification_log
- WHERE verified_at >= %(since_30d)s AND verified_at <= %(now)s AND {BELONGS_TO_TARGET}
-"""
-
-
 _LAST_DRILL_SQL = newest_query(["verification_details->'restore'"], "verification_details ? 'restore'")
 _LAST_GOOD_DRILL_SQL = newest_query(["verified_at", "verification_details->'restore'->'duration_seconds'"], GOOD_DRILL)
 
@@ -150,17 +139,14 @@ def read_target(conn: psycopg.Connection, target: TargetConfig, up: bool, now: d
     params = {"target": target.name}
     latest = conn.execute(_LATEST_SQL, params).fetchone()
     last_success = conn.execute(_LAST_SUCCESS_SQL, params).fetchone()
-    ratios = conn.execute(
-        _RATIOS_SQL,
-        dict(params, now=now, since_7d=now - timedelta(days=7), since_30d=now - timedelta(days=30)),
-    ).fetchone()
-    success_ratio = {
-        "7d": ratios[1] / ratios[0] if ratios[0] else None,
-        "30d": ratios[3] / ratios[2] if ratios[2] else None,
+    windows = success_ratios(conn, target.name, now)
+    ratios = {
+        "success_ratio": {window: runs.ratio for window, runs in windows.items()},
+        "unreached_runs": {window: runs.unreached for window, runs in windows.items()},
     }
     drills = _drills(conn, target)
     if latest is None:
-        return TargetSnapshot(**{**base.__dict__, "up": up, "success_ratio": success_ratio, **drills})
+        return TargetSnapshot(**{**base.__dict__, "up": up, **ratios, **drills})
     verified_at, status, details = latest
     details = details if isinstance(details, dict) else {}
     return TargetSnapshot(
@@ -169,7 +155,7 @@ def read_target(conn: psycopg.Connection, target: TargetConfig, up: bool, now: d
             "up": up,
             **_run_fields(verified_at, status, details),
             "last_success_timestamp": _success_end(last_success, details, verified_at),
-            "success_ratio": success_ratio,
+            **ratios,
             **drills,
         }
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from exporter import record, snapshot
+from exporter import record
 from exporter.db import connect, connect_dsn, writable
 from tests.conftest import make_target
 
@@ -38,7 +38,7 @@ def test_statements_are_never_prepared_on_the_server(demo_db):
     target = make_target(demo_db)
     with connect(target, log=True, autocommit=True) as conn:
         for _ in range(12):
-            conn.execute(snapshot._RATIOS_SQL, {"target": "app", "now": "now", "since_7d": "now", "since_30d": "now"})
+            conn.execute(record.SUCCESS_RATIOS_SQL, {"target": "app", "now": "now", "since_short": "now", "since_long": "now"})
             conn.execute(record.newest_query(["verified_at"]), {"target": "app"})
         assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0] == 0
 

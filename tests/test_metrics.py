@@ -46,6 +46,7 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "pgbv_table_rows": ("target", "table"),
     "pgbv_rls_policies": ("target", "table"),
     "pgbv_success_ratio": ("target", "window"),
+    "pgbv_unreached_runs": ("target", "window"),
     "pgbv_next_run_timestamp_seconds": (),
     "pgbv_backup_warn_age_seconds": ("target",),
     "pgbv_backup_max_age_seconds": ("target",),
@@ -72,6 +73,7 @@ PER_TARGET_ALWAYS = {
     "pgbv_backup_size_bytes": 1,
     "pgbv_database_size_bytes": 1,
     "pgbv_success_ratio": 2,
+    "pgbv_unreached_runs": 2,
     "pgbv_success_ratio_min": 1,
 }
 
@@ -122,6 +124,7 @@ def full_snapshot() -> Snapshot:
         table_rows={"public.appointments": 41, "public.users": 12, "audit.logs": 0, "public.clinics": 3},
         rls_policies={"public.appointments": 9, "public.users": 11, "public.clinics": 3},
         success_ratio={"7d": 1.0, "30d": 27 / 28},
+        unreached_runs={"7d": 0, "30d": 2},  # two nights the target could not be reached: left out of the ratio
         warn_age_seconds=26 * 3600.0,
         max_age_seconds=49 * 3600.0,
         success_ratio_min=0.95,
@@ -143,6 +146,7 @@ def full_snapshot() -> Snapshot:
         database_size_bytes=52_428_800,
         table_rows={"public.reports": 1200},
         success_ratio={"7d": 1.0, "30d": 1.0},
+        unreached_runs={"7d": 0, "30d": 0},
         success_ratio_min=0.9,
     )
     return Snapshot(
@@ -173,18 +177,21 @@ def failure_snapshot() -> Snapshot:
         table_rows={"public.appointments": 41},
         rls_policies={"public.appointments": 9},
         success_ratio={"7d": 6 / 7, "30d": 29 / 30},
+        unreached_runs={"7d": 0, "30d": 0},
         warn_age_seconds=26 * 3600.0,
         max_age_seconds=49 * 3600.0,
         success_ratio_min=0.95,
     )
     # Unreachable: the daemon recorded a failure row without checks, and it is down now.
+    # That run reached nothing: it is left out of the ratio (no counted run: 0) and counted apart.
     reporting = TargetSnapshot(
         name="reporting",
         up=False,
         last_run_timestamp=RUN_START + 5.0,
         last_status="failure",
         last_duration_seconds=5.0,
-        success_ratio={"7d": 0.0, "30d": None},
+        success_ratio={"7d": None, "30d": None},
+        unreached_runs={"7d": 1, "30d": 1},
         success_ratio_min=0.9,
     )
     return Snapshot(
@@ -315,6 +322,7 @@ def test_values_follow_the_snapshot():
         assert {dict(k)["table"]: v for k, v in found["pgbv_rls_policies"].items() if ("target", t.name) in k} == t.rls_policies
         for window in ("7d", "30d"):
             assert value(found, "pgbv_success_ratio", target=t.name, window=window) == t.success_ratio[window]
+            assert value(found, "pgbv_unreached_runs", target=t.name, window=window) == t.unreached_runs[window]
         assert value(found, "pgbv_success_ratio_min", target=t.name) == t.success_ratio_min
         assert value(found, "pgbv_database_size_bytes", target=t.name) == t.database_size_bytes
     app = snapshot.targets[0]
@@ -344,6 +352,9 @@ def test_failing_run_shows_failed_checks_at_zero_and_unknown_ratio_as_zero():
     assert value(found, "pgbv_up", target="reporting") == 0.0
     assert value(found, "pgbv_last_success_timestamp_seconds", target="reporting") == 0.0
     assert value(found, "pgbv_success_ratio", target="reporting", window="30d") == 0.0
+    # Its unreachable run is not a failed verification: outside the ratio, counted apart.
+    assert value(found, "pgbv_success_ratio", target="reporting", window="7d") == 0.0
+    assert value(found, "pgbv_unreached_runs", target="reporting", window="7d") == 1.0
 
 
 def test_build_info_names_the_running_version():

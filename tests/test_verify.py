@@ -151,8 +151,9 @@ def test_unreachable_target_exits_3_with_one_line(tmp_path):
     }])
     proc = pgbv("verify", "--config", str(config))
     assert proc.returncode == 3
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pgbv: target gone: unreachable:"), proc.stderr
+    # Said once, on stdout with the verdict (see test_an_unreachable_target_is_unknown_once).
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("target gone: UNKNOWN: unreachable:"), lines
 
 
 def test_several_targets_report_the_worst(demo_db, make_db, backup_dir, tmp_path):
@@ -317,3 +318,116 @@ def test_the_database_size_is_measured_once_per_run(demo_db, minimum):
     if checked is not None:
         assert checked.data["database_size_bytes"] == size
     assert list(result.facts)[:2] == ["server_version_num", "database_size_bytes"]
+
+
+# --- words that match the exit codes ------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown", "json"])
+def test_an_unreachable_target_is_unknown_once(tmp_path, fmt):
+    # Exit 3 is "unknown": nothing was judged. The row pgbv records is still a failure
+    # (the log table's status has no "unknown"); the verdict a person reads is UNKNOWN.
+    config = write_config(tmp_path, [{
+        "name": "gone", "dsn": f"postgresql://pgbv:{PASSWORD}@127.0.0.1:1/app", "connect_timeout_seconds": 2,
+    }])
+    proc = pgbv("verify", "--config", str(config), "--format", fmt)
+    assert proc.returncode == 3
+    said = proc.stdout + proc.stderr
+    if fmt == "json":
+        report = json.loads(proc.stdout)
+        assert (report["verdict"], report["status"]) == ("unknown", "failure")
+        assert "Connection refused" in report["error"], report
+    else:
+        assert "FAILURE" not in said and said.count("UNKNOWN") == 1, said
+        assert said.count("unreachable") + said.count("could not be reached") == 1, said
+    assert proc.stderr == "", proc.stderr
+
+
+def test_several_targets_one_unreachable_is_unknown_overall(demo_db, backup_dir, tmp_path):
+    config = write_config(tmp_path, [
+        target_entry(demo_db, backup_dir),
+        {"name": "gone", "dsn": "postgresql://pgbv@127.0.0.1:1/app", "connect_timeout_seconds": 2},
+    ])
+    code, report = verify_json(config)
+    assert code == 3
+    assert (report["status"], report["verdict"]) == ("failure", "unknown")
+    assert [t["verdict"] for t in report["targets"]] == ["success", "unknown"]
+
+
+MISSING_LIBRARY = "$libdir/pgbv_no_such_library"
+
+
+def lose_the_library(conn: psycopg.Connection, function: str) -> None:
+    """Point function at a C library that is not installed, as a server upgraded or
+    rebuilt without an extension's files leaves it: calling it, the server answers
+    'could not access file "$libdir/..."'. (CREATE FUNCTION ... LANGUAGE C refuses a
+    missing library, so the catalog is edited, by the superuser the tests run as.)"""
+    conn.execute(
+        "UPDATE pg_proc SET prolang = (SELECT oid FROM pg_language WHERE lanname = 'c'), probin = %s, prosrc = 'f'"
+        " WHERE oid = %s::regprocedure",
+        [MISSING_LIBRARY, function],
+    )
+
+
+def test_a_server_error_in_a_check_is_the_servers_words(demo_db):
+    from exporter.checks.success_rate import CHECK
+    from tests.checks.helpers import check_once
+
+    with psycopg.connect(demo_db, autocommit=True) as conn:
+        lose_the_library(conn, "backup_verification_log_target(jsonb)")
+    result = check_once(CHECK, make_target(demo_db))
+    assert result.outcome == "error"
+    assert result.message.startswith('the server reported: could not access file "'), result.message
+    assert "pgbv_no_such_library" in result.message
+    assert result.message.endswith("(SQLSTATE 58P01)") and "internal error" not in result.message
+
+
+def test_a_server_error_escaping_a_command_is_the_servers_words(make_db, tmp_path):
+    # A DDL event trigger whose library is gone (an audit extension removed from the
+    # server): every CREATE in the database fails, migrate's included.
+    dsn = make_db()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION audit_ddl() RETURNS event_trigger LANGUAGE plpgsql AS 'BEGIN END'")
+        lose_the_library(conn, "audit_ddl()")
+        conn.execute("CREATE EVENT TRIGGER audit_ddl ON ddl_command_start EXECUTE FUNCTION audit_ddl()")
+    config = write_config(tmp_path, [{"name": "app", "dsn": dsn}])
+    proc = pgbv("migrate", "--config", str(config))
+    assert proc.returncode == 3
+    assert proc.stderr.startswith('pgbv: the server reported: could not access file "'), proc.stderr
+    assert "pgbv_no_such_library" in proc.stderr and proc.stderr.rstrip().endswith("(SQLSTATE 58P01)"), proc.stderr
+    assert "internal error" not in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def drill_of(dsn: str, folder: Path):
+    from tests.restore.test_logical import dump, drill_target, restore_check
+
+    return dump, lambda: restore_check(verify_target(drill_target(dsn, folder), record_result=False, drill=True))
+
+
+def test_a_failed_drill_shows_pg_restores_error_not_the_sql(pg_server, make_db, tmp_path):
+    # A dump restored into a server that lacks one of its roles (as a dump restored
+    # elsewhere lacks an extension): pg_restore prints its error, then "Command was:"
+    # and the statement. The message keeps the error and drops the SQL.
+    role = f"pgbv_auditor_{os.getpid()}_{tmp_path.name[-8:]}".lower().replace("-", "_")
+    dsn = make_db(demo=True)
+    execute(dsn, f"CREATE ROLE {role}",
+            f"CREATE POLICY audit_reads ON appointments FOR SELECT TO {role} USING (true)")
+    dump, drill = drill_of(dsn, tmp_path / "b")
+    dump(pg_server, dsn, tmp_path / "b")
+    execute(dsn, "DROP POLICY audit_reads ON appointments", f"DROP ROLE {role}")
+    check = drill()
+    assert check.outcome == "fail", check.message
+    assert f'pg_restore: error: could not execute query: ERROR:  role "{role}" does not exist' in check.message, check.message
+    assert "Command was" not in check.message and "CREATE POLICY" not in check.message, check.message
+
+
+def test_a_drill_of_a_dump_cut_mid_data_shows_the_read_error(pg_server, demo_db, tmp_path):
+    dump, drill = drill_of(demo_db, tmp_path / "b")
+    path = dump(pg_server, demo_db, tmp_path / "b")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 3 // 4])
+    check = drill()
+    assert check.outcome == "fail", check.message
+    # Only pg_restore's error lines, not the context lines around them.
+    said = check.message.split("exited with code 1: ", 1)[1]
+    assert [part for part in said.split("; ") if not part.startswith("pg_restore: error: ")] == [], check.message

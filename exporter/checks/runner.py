@@ -26,11 +26,26 @@ def _reason(exc: BaseException, ctx: CheckContext) -> str:
         return f"gave up waiting for a lock (lock_timeout): {first_line(exc)}"
     if isinstance(exc, errors.InsufficientPrivilege):
         return f"permission denied: {first_line(exc)}"
-    if isinstance(exc, psycopg.OperationalError):
+    if _connection_lost(exc):
         return f"connection lost: {first_line(exc)}"
-    if isinstance(exc, psycopg.Error):
-        return f"{type(exc).__name__}: {first_line(exc)}"
+    if isinstance(exc, psycopg.Error) and exc.sqlstate is not None:
+        # The server's own words (a missing library, a corrupt page...): nothing pgbv got wrong.
+        return f"the server reported: {first_line(exc)} (SQLSTATE {exc.sqlstate})"
     return f"internal error {type(exc).__name__}: {exc}"
+
+
+# The server going away: admin_shutdown, crash_shutdown, cannot_connect_now.
+_SHUTDOWN_STATES = ("57P01", "57P02", "57P03")
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """The session is gone: a client-side OperationalError (no SQLSTATE), a connection
+    exception (class 08) or a shutdown. psycopg files other server errors under
+    OperationalError too (a missing library, 58P01, is one): those are the server's words."""
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = exc.sqlstate
+    return state is None or state.startswith("08") or state in _SHUTDOWN_STATES
 
 
 def run_check(check: Check, ctx: CheckContext) -> CheckResult:

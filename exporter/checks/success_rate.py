@@ -3,47 +3,48 @@
 A row belongs to this target when its verification_details names it, or names no
 target at all: rows written by hand before pgbv (the seed's own test row) have none,
 and they are this database's history.
+
+The ratio judges the backups, never itself: a run counts as succeeded when its
+other checks did not fail (record.SUCCESS_RATIOS_SQL), and runs that never reached
+the database or the backups are left out (and said). Below the floor this check warns
+and never fails: a failure recorded because the ratio was low would pull the ratio
+lower, and the run after it would fail again, whatever the backups. The trend pages
+through the PgBackupVerificationSuccessRatioLow alert instead.
 """
 
 from __future__ import annotations
 
-from psycopg import sql
 from psycopg.errors import UndefinedFunction
 
-from exporter import logschema
+from exporter import logschema, record
 from exporter.checks.base import Check, CheckContext
 from exporter.config import TargetConfig
+from exporter.record import LONG_WINDOW, RATIO_WINDOWS, SHORT_WINDOW, RunCounts
 from exporter.result import CheckResult
 
 # Below this many runs a ratio says more about chance than about the backups:
 # one failed run out of two would read as 50%.
 MIN_RUNS = 3
-WINDOW_DAYS = 7
-LONG_WINDOW_DAYS = 30
-
-_RATIO_SQL = """
-SELECT count(*) FILTER (WHERE l.verified_at >= %(now)s - make_interval(days => %(short)s)),
-       count(*) FILTER (WHERE l.verified_at >= %(now)s - make_interval(days => %(short)s) AND l.status = 'success'),
-       count(*),
-       count(*) FILTER (WHERE l.status = 'success')
-  FROM {table} AS l
- WHERE l.verified_at >= %(now)s - make_interval(days => %(long)s)
-   AND ({target_of}(l.verification_details) = %(target)s OR {target_of}(l.verification_details) IS NULL)
-"""
+WINDOW_DAYS = RATIO_WINDOWS[SHORT_WINDOW]
+LONG_WINDOW_DAYS = RATIO_WINDOWS[LONG_WINDOW]
 
 
-def _ratio(ok: int, runs: int) -> float | None:
-    return ok / runs if runs else None
-
-
-def _share(ok: int, runs: int) -> str:
-    if not runs:
+def _share(runs: RunCounts) -> str:
+    if not runs.counted:
         return "no runs"
-    return f"{100 * ok / runs:.1f}% ({ok} of {runs} runs)"
+    return f"{100 * runs.ratio:.1f}% ({runs.succeeded} of {runs.counted} runs)"
 
 
-def _succeeded(ok: int, runs: int) -> str:
-    return f"{ok} of {runs} runs in the last {WINDOW_DAYS} days succeeded ({100 * ok / runs:.1f}%)"
+def _succeeded(runs: RunCounts) -> str:
+    return (f"{runs.succeeded} of {runs.counted} runs in the last {WINDOW_DAYS} days succeeded "
+            f"({100 * runs.ratio:.1f}%)")
+
+
+def _left_out(runs: RunCounts) -> str:
+    if not runs.unreached:
+        return ""
+    return (f"; {runs.unreached} run(s) that reached neither the database nor the backups "
+            f"in {WINDOW_DAYS} days are left out")
 
 
 class SuccessRateCheck(Check):
@@ -63,41 +64,37 @@ class SuccessRateCheck(Check):
         schema = logschema.locate(ctx.log_conn)
         if schema is None:
             return self.errored(f"{logschema.TABLE} does not exist; run pgbv migrate", None, expected)
-        query = sql.SQL(_RATIO_SQL).format(
-            table=sql.Identifier(schema, logschema.TABLE),
-            target_of=sql.Identifier(schema, logschema.TARGET_FUNCTION),
-        )
         try:
-            runs_7d, ok_7d, runs_30d, ok_30d = ctx.log_conn.execute(
-                query,
-                {"now": ctx.now, "short": WINDOW_DAYS, "long": LONG_WINDOW_DAYS, "target": ctx.target.name},
-            ).fetchone()
+            windows = record.success_ratios(ctx.log_conn, ctx.target.name, ctx.now)
         except UndefinedFunction:
             # A table made by hand, or migrated before the target function existed.
             return self.errored(
                 f"{schema}.{logschema.TARGET_FUNCTION}(jsonb) does not exist; run pgbv migrate", None, expected,
             )
+        short, long = windows[SHORT_WINDOW], windows[LONG_WINDOW]
         data = {
-            "success_ratio_7d": _ratio(ok_7d, runs_7d),
-            "success_ratio_30d": _ratio(ok_30d, runs_30d),
-            "runs_7d": runs_7d,
-            "runs_30d": runs_30d,
+            "success_ratio_7d": short.ratio,
+            "success_ratio_30d": long.ratio,
+            "runs_7d": short.counted,
+            "runs_30d": long.counted,
+            "unreached_runs_7d": short.unreached,
+            "unreached_runs_30d": long.unreached,
         }
-        observed = f"{_share(ok_7d, runs_7d)} in {WINDOW_DAYS} days; {_share(ok_30d, runs_30d)} in {LONG_WINDOW_DAYS} days"
-        if runs_7d < MIN_RUNS:
+        observed = f"{_share(short)} in {WINDOW_DAYS} days; {_share(long)} in {LONG_WINDOW_DAYS} days"
+        if short.counted < MIN_RUNS:
             return self.passed(
-                f"not enough history yet ({runs_7d} runs in {WINDOW_DAYS} days; needs {MIN_RUNS})",
+                f"not enough history yet ({short.counted} runs in {WINDOW_DAYS} days; needs {MIN_RUNS})"
+                + _left_out(short),
                 observed, expected, **data,
             )
-        ratio = ok_7d / runs_7d
-        if ratio < floor:
-            return self.failed(
-                f"{_succeeded(ok_7d, runs_7d)}, below the floor of {100 * floor:g}% (min_success_ratio); "
-                f"{LONG_WINDOW_DAYS} days: {_share(ok_30d, runs_30d)}",
+        if short.ratio < floor:
+            return self.warned(
+                f"{_succeeded(short)}, below the floor of {100 * floor:g}% (min_success_ratio); "
+                f"{LONG_WINDOW_DAYS} days: {_share(long)}" + _left_out(short),
                 observed, expected, **data,
             )
         return self.passed(
-            f"{_succeeded(ok_7d, runs_7d)}; {LONG_WINDOW_DAYS} days: {_share(ok_30d, runs_30d)}",
+            f"{_succeeded(short)}; {LONG_WINDOW_DAYS} days: {_share(long)}" + _left_out(short),
             observed, expected, **data,
         )
 

@@ -366,8 +366,8 @@ def stack(e2e_db, pg_server, tmp_path_factory):
         timings["alertmanager_ready"] = time.monotonic() - started
 
         # SEED_CHECKS, with a lower success-rate floor: the test records one failure among
-        # a handful of runs, and with the default 0.9 the third run on would fail on
-        # success_rate (as designed) and keep the page up after the fix.
+        # a handful of runs, and with the default 0.9 the third run on would warn on
+        # success_rate (as designed) and keep a warning up after the fix.
         checks = dict(SEED_CHECKS, min_success_ratio=0.5)
         # A real backup (a pg_dump of the database) and restore drills, so that every
         # metric family exists: the backup age/size and limits, and after the first run
