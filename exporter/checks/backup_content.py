@@ -121,9 +121,16 @@ class _Archive:
         """The archive's object for a configured name (schema.name, or a bare name in
         any schema, public first) when no live catalog resolved it."""
         schema, obj = split_name(name)
-        matches = sorted((k for k in keys if k[1] == obj and (schema is None or k[0] == schema)),
-                         key=lambda k: (k[0] != "public", k))
-        return matches[0] if matches else None
+        # The catalog's rule (catalog.NamePart): the exact spelling first, then the folded one.
+        for spelling in ("exact", "folded"):
+            wanted_schema = getattr(schema, spelling) if schema is not None else None
+            matches = sorted(
+                (k for k in keys if k[1] == getattr(obj, spelling) and (wanted_schema is None or k[0] == wanted_schema)),
+                key=lambda k: (k[0] != "public", k),
+            )
+            if matches:
+                return matches[0]
+        return None
 
     def leaves(self, table: Key) -> list[Key]:
         """The tables whose TABLE DATA holds table's rows: itself when it has data of its

@@ -240,12 +240,15 @@ def billing(make_db) -> str:
     return dsn
 
 
-def test_partitioned_mixed_case_table_passes_with_its_leaves_data(billing, tmp_path):
+@pytest.mark.parametrize("spelling", ["Billing.Invoices", '"Billing"."Invoices"'])
+def test_partitioned_mixed_case_table_passes_with_its_leaves_data(billing, tmp_path, spelling):
     dsn = billing
     dump(dsn, tmp_path / "backups")
-    result = run(target_for(dsn, tmp_path / "backups", BILLING))
+    checks = {"critical_tables": [spelling]}
+    result = run(target_for(dsn, tmp_path / "backups", checks))
     assert result.outcome == "pass", result.message
-    assert run_offline(target_for(dsn, tmp_path / "backups", BILLING)).outcome == "pass"
+    offline = run_offline(target_for(dsn, tmp_path / "backups", checks))
+    assert offline.outcome == "pass", offline.message
 
 
 def test_partitioned_table_fails_when_a_leafs_data_is_excluded(billing, tmp_path):
