@@ -98,6 +98,15 @@ def previous_details(conn: psycopg.Connection, target: str) -> dict[str, Any] | 
     return row[0] if row and isinstance(row[0], dict) else None
 
 
+def newest_row_baseline(conn: psycopg.Connection, target: str) -> dict[str, Any] | None:
+    """row_baseline of the target's newest run that has one (checks/row_counts.py), or None."""
+    row = conn.execute(
+        newest_query(["verification_details->'row_baseline'"], "verification_details ? 'row_baseline'"),
+        {"target": target},
+    ).fetchone()
+    return row[0] if row and isinstance(row[0], dict) else None
+
+
 # "? 'restore'" lets the partial drills index serve the query.
 GOOD_DRILL = "verification_details ? 'restore' AND verification_details->'restore'->>'outcome' IN ('pass', 'warn')"
 

@@ -21,6 +21,7 @@ from exporter import record
 from exporter.backups import source_for
 from exporter.checks import all_checks
 from exporter.checks.base import CheckContext
+from exporter.checks.row_counts import Acceptance
 from exporter.checks.runner import run_check
 from exporter.config import Settings, TargetConfig
 from exporter.db import TargetUnreachable, close, connect, first_line, writable
@@ -32,7 +33,14 @@ def _read_previous(log_conn: psycopg.Connection, target: TargetConfig) -> dict |
     # No log table yet (not migrated) simply means no previous run; log_table reports it.
     try:
         with log_conn.transaction():
-            return record.previous_details(log_conn, target.name)
+            previous = record.previous_details(log_conn, target.name)
+            if previous is not None and "row_baseline" not in previous:
+                # The newest run had no row_counts result (unreachable, an error): the
+                # baseline comes from the newest run that has one, so no drop is forgotten.
+                baseline = record.newest_row_baseline(log_conn, target.name)
+                if baseline is not None:
+                    previous = {**previous, "row_baseline": baseline}
+            return previous
     except psycopg.Error:
         return None
 
@@ -60,6 +68,8 @@ def _lift_facts(result: RunResult) -> None:
     # The facts later runs and the metrics read, at a fixed place in verification_details.
     for check_name, key, fact in (
         ("row_counts", "row_counts", "row_counts"),
+        ("row_counts", "row_baseline", "row_baseline"),
+        ("row_counts", "accepted_rows", "accepted_rows"),
         ("rls_policies", "policies", "rls_policies"),
         ("index_coverage", "index_counts", "index_counts"),
         ("wal_archiving", "wal_archiving", "wal_archiving"),
@@ -90,6 +100,7 @@ def verify_target(
     keep: bool = False,
     conn: psycopg.Connection | None = None,
     log_conn: psycopg.Connection | None = None,
+    accept: Acceptance | None = None,
 ) -> RunResult:
     """One run. drill=None drills when one is due, True forces one, False never drills.
 
@@ -98,7 +109,8 @@ def verify_target(
     same for the log database when log_dsn is set. Sessions passed in are left
     open (the caller's to close; the daemon holds its run lock on one); sessions
     opened here are closed here. Without log_dsn, the check session is the log
-    session too, and the row is written on it.
+    session too, and the row is written on it. accept: `pgbv accept-rows`, whose
+    row_counts takes the current counts of those tables as the new baseline.
     """
     started = time.monotonic()
     verified_at = now or datetime.now(timezone.utc)
@@ -132,7 +144,7 @@ def verify_target(
             drill = _drill_due(log_conn, target, result.verified_at)
         ctx = CheckContext(
             target=target, conn=conn, log_conn=log_conn, backup=result.backup,
-            previous=previous, now=result.verified_at, drill=bool(drill), keep=keep,
+            previous=previous, now=result.verified_at, drill=bool(drill), keep=keep, accept=accept,
         )
         for check in all_checks():
             if not check.applies(target) or (check.on_demand and not ctx.drill):

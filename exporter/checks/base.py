@@ -24,6 +24,7 @@ class CheckContext:
     now: datetime
     drill: bool = False  # run on-demand checks (the restore drill) this time
     keep: bool = False  # a drill leaves its scratch copy for inspection
+    accept: Any = None  # row_counts.Acceptance: `pgbv accept-rows` takes these counts as intended
     # What find_tables said about each name this run, None for no such table.
     _tables: dict[str, Table | None] = field(default_factory=dict, repr=False)
 

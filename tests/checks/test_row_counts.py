@@ -1,11 +1,17 @@
-"""row_counts against a real database: catalog estimates, exact counts where the
-catalog has none, drops between runs, empty tables, and a constant number of
-statements whatever the number of tables."""
+"""row_counts against a real database: estimates from the leaves' statistics, exact
+counts where they are small, stale or empty, drops from the highest count of the
+window (kept until accepted), partitioned tables, empty tables, and a constant
+number of statements whatever the number of tables."""
+
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 from psycopg import sql
 
-from exporter.checks.row_counts import CHECK
+from exporter.checks.base import CheckContext
+from exporter.checks.row_counts import CHECK, Acceptance
+from exporter.checks.runner import run_check
+from exporter.db import connect
 from tests.checks.catalog_support import (
     as_user, dbname, locked, make_tables, role_without_privileges, run_prepared,
 )
@@ -18,39 +24,81 @@ SEED_COUNTS = {
 }
 
 
-def test_first_run_on_demo_is_a_clean_pass_from_estimates(demo_db):
+def checks_with(**keys):
+    return {**SEED_CHECKS, **keys}
+
+
+def baseline_of(result) -> dict:
+    """What the next run reads from this one (verify.py lifts row_baseline into verification_details)."""
+    return {"row_baseline": result.data["row_baseline"]}
+
+
+def deleted(dsn: str, statement: str) -> None:
+    # The server publishes a session's counters within a second of commit (at most 10 s
+    # when the session then sits idle); a test asks for it at once instead of waiting.
+    _sql(dsn, statement, "SELECT pg_stat_force_next_flush()")
+
+
+def test_first_run_on_demo_is_a_clean_pass_counted_exactly(demo_db):
     result = check_once(CHECK, make_target(demo_db))
     assert result.outcome == "pass", result.message
-    assert result.message == "65 rows in 7 critical tables; no previous run to compare with"
+    assert result.message == "65 rows in 7 critical tables (all counted exactly); no previous run to compare with"
     assert result.data["row_counts"] == SEED_COUNTS
-    assert set(result.data["row_count_methods"].values()) == {"estimate"}
+    assert set(result.data["row_count_methods"].values()) == {"exact"}
+
+
+def test_tables_above_exact_count_max_rows_use_estimates(demo_db):
+    # A database made from a template starts with no counters: ANALYZE sets them, as
+    # autovacuum does on a live server.
+    _sql(demo_db, "ANALYZE")
+    target = make_target(demo_db, checks=checks_with(exact_count_max_rows=10))
+    result = check_once(CHECK, target)
+    assert result.outcome == "pass", result.message
+    assert result.data["row_counts"] == SEED_COUNTS
+    # Below 10 rows: counted; 10 and more: the estimate.
+    assert result.data["row_count_methods"] == {
+        name: "exact" if rows < 10 else "estimate" for name, rows in SEED_COUNTS.items()
+    }
+    assert result.message.startswith("65 rows in 7 critical tables (4 counted exactly)")
 
 
 def test_unchanged_second_run_passes(demo_db):
     first = check_once(CHECK, make_target(demo_db))
-    second = check_once(CHECK, make_target(demo_db), previous={"row_counts": first.data["row_counts"]})
+    second = check_once(CHECK, make_target(demo_db), previous=baseline_of(first))
     assert second.outcome == "pass"
-    assert second.message == "65 rows in 7 critical tables; no drop beyond 10% since the last run"
+    assert second.message == (
+        "65 rows in 7 critical tables (all counted exactly); no drop beyond 10% from the highest count of the last 7 days"
+    )
 
 
 def test_rows_deleted_between_runs_fail_naming_table_and_both_numbers(demo_db):
     target = make_target(demo_db)
     first = check_once(CHECK, target)
-    _sql(demo_db, "DELETE FROM appointments WHERE id > 3", "ANALYZE appointments")
-    second = check_once(CHECK, target, previous={"row_counts": first.data["row_counts"]})
+    _sql(demo_db, "DELETE FROM appointments WHERE id > 3")  # no ANALYZE: counted exactly anyway
+    second = check_once(CHECK, target, previous=baseline_of(first))
     assert second.outcome == "fail"
-    assert "appointments dropped from 23 to 3 rows (87.0%, more than 10%)" in second.message
+    today = datetime.now(timezone.utc).date().isoformat()
+    assert (f"appointments has 3 rows, 87.0% below its highest count of the last 7 days (23 on {today}; "
+            "more than 10%)") in second.message
+    assert second.message.endswith("if intended: pgbv accept-rows --target app")
     assert second.data["row_counts"]["appointments"] == 3
 
 
 def test_a_drop_within_the_limit_passes(demo_db):
     target = make_target(demo_db)
     first = check_once(CHECK, target)
-    _sql(demo_db, "DELETE FROM appointments WHERE id = 23", "ANALYZE appointments")  # 1 of 23: 4.3%
-    second = check_once(CHECK, target, previous={"row_counts": first.data["row_counts"]})
+    _sql(demo_db, "DELETE FROM appointments WHERE id = 23")  # 1 of 23: 4.3%
+    second = check_once(CHECK, target, previous=baseline_of(first))
     assert second.outcome == "pass", second.message
     loose = make_target(demo_db, checks={**SEED_CHECKS, "max_row_drop_percent": 4})
-    assert check_once(CHECK, loose, previous={"row_counts": first.data["row_counts"]}).outcome == "fail"
+    assert check_once(CHECK, loose, previous=baseline_of(first)).outcome == "fail"
+
+
+def test_a_run_recorded_before_baselines_is_compared_by_its_row_counts(demo_db):
+    previous = {"row_counts": {**SEED_COUNTS, "appointments": 50}}
+    result = check_once(CHECK, make_target(demo_db), previous=previous)
+    assert result.outcome == "fail"
+    assert "appointments has 23 rows, 54.0% below" in result.message
 
 
 def test_previous_without_a_usable_count_is_no_comparison(demo_db):
@@ -77,18 +125,25 @@ def test_never_analyzed_table_gets_an_exact_count(demo_db):
         demo_db,
         "CREATE TABLE leads (id int) WITH (autovacuum_enabled = false)",
         "INSERT INTO leads SELECT generate_series(1, 42)",
+        "ANALYZE agents",
     )
     result = check_once(CHECK, make_target(demo_db, checks={"critical_tables": ["leads", "agents"]}))
     assert result.outcome == "pass", result.message
     assert result.data["row_counts"] == {"leads": 42, "agents": 2}
+    assert result.data["row_count_methods"] == {"leads": "exact", "agents": "exact"}
+    # Even where no table is small enough to count: never analyzed means stale.
+    large_only = make_target(demo_db, checks={"critical_tables": ["leads", "agents"], "exact_count_max_rows": 0})
+    result = check_once(CHECK, large_only)
     assert result.data["row_count_methods"] == {"leads": "exact", "agents": "estimate"}
+    assert result.data["stale_statistics"] == ["leads"]
 
     # A table new since the last run is not compared, and the message says so.
     again = check_once(
         CHECK, make_target(demo_db, checks={"critical_tables": ["leads", "agents"]}), previous={"row_counts": {"agents": 2}}
     )
     assert again.outcome == "pass"
-    assert again.message == "44 rows in 2 critical tables; no drop beyond 10% since the last run (no previous count for leads)"
+    assert again.message == ("44 rows in 2 critical tables (all counted exactly); no drop beyond 10% from the highest "
+                             "count of the last 7 days (no earlier count for leads)")
 
 
 def test_exact_count_quotes_schema_and_table_names(demo_db):
@@ -109,7 +164,8 @@ def test_missing_and_hostile_tables_are_skipped_but_named(demo_db):
     hostile = 'x"; DROP TABLE t; --'
     result = check_once(CHECK, make_target(demo_db, checks={"critical_tables": ["agents", hostile]}))
     assert result.outcome == "pass"
-    assert result.message == f"2 rows in 1 critical table; no previous run to compare with; not found (see critical_tables): {hostile}"
+    assert result.message == (f"2 rows in 1 critical table (all counted exactly); no previous run to compare with; "
+                              f"not found (see critical_tables): {hostile}")
     assert result.data["row_counts"] == {"agents": 2}
     with psycopg.connect(demo_db) as conn:
         assert conn.execute("SELECT to_regclass('public.t') IS NOT NULL").fetchone()[0]
@@ -119,29 +175,36 @@ def test_constant_statements_and_the_exact_count_limit(make_db):
     dsn = make_db()
     names = make_tables(dsn, 200)
 
-    def run(tables):
-        return run_prepared(CHECK, make_target(dsn, checks={"critical_tables": tables}))
+    def run(tables, **keys):
+        return run_prepared(CHECK, make_target(dsn, checks={"critical_tables": tables, **keys}))
 
     five, five_statements = run(names[:5])
     hundred, hundred_statements = run(names[:100])
     assert five.data["row_count_methods"] == dict.fromkeys(names[:5], "exact")
     assert hundred.outcome == "pass" and hundred.data["row_counts"] == dict.fromkeys(names[:100], 3)
-    assert five_statements == hundred_statements == 3  # find_tables, SET LOCAL row_security, the counts
+    # find_tables, the leaves' statistics, SET LOCAL row_security, the counts
+    assert five_statements == hundred_statements == 4
 
-    # Past the limit nothing is counted exactly: the counts are unknown, said so.
+    # Never analyzed, so stale: past the limit the rest are unknown, said so.
     over, over_statements = run(names)
     assert over.outcome == "warn"
-    assert set(over.data["row_count_methods"].values()) == {"unknown"}
-    assert set(over.data["row_counts"].values()) == {None}
-    assert "row count unknown for t000" in over.message and "run ANALYZE" in over.message
-    assert over_statements <= five_statements
+    assert list(over.data["row_count_methods"].values()).count("exact") == 100
+    assert list(over.data["row_count_methods"].values()).count("unknown") == 100
+    assert "row count unknown for t100, t101" in over.message and "run ANALYZE" in over.message
+    assert over_statements == five_statements
 
     _sql(dsn, "ANALYZE")
-    small, small_statements = run(names[:5])
+    # Small tables are counted exactly up to the limit; the rest use their (trusted) estimates.
     large, large_statements = run(names)
-    assert large.outcome == "pass" and set(large.data["row_count_methods"].values()) == {"estimate"}
+    assert large.outcome == "pass", large.message
+    assert list(large.data["row_count_methods"].values()).count("exact") == 100
     assert large.data["row_counts"] == dict.fromkeys(names, 3)
-    assert small_statements == large_statements == 1
+    assert large_statements == five_statements
+    small, small_statements = run(names[:5], exact_count_max_rows=0)
+    estimated, estimated_statements = run(names, exact_count_max_rows=0)
+    assert set(estimated.data["row_count_methods"].values()) == {"estimate"}
+    assert estimated.data["row_counts"] == dict.fromkeys(names, 3)
+    assert small_statements == estimated_statements == 2
 
 
 def test_timeout_while_counting_is_an_error(demo_db):
