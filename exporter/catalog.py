@@ -232,6 +232,8 @@ class LeafStatistics:
     reltuples: float  # pg_class: set by VACUUM and ANALYZE; -1 before either, and after TRUNCATE
     live: int  # pg_stat_get_live_tuples: moved at every commit, reset by VACUUM and ANALYZE
     changed: int  # pg_stat_get_mod_since_analyze: rows inserted, updated or deleted since ANALYZE
+    relpages: int  # pg_class: pages when reltuples was set
+    pages: int  # pages now
 
 
 # Leaves, not the parent: a partitioned table holds no rows itself, and autovacuum never
@@ -241,7 +243,8 @@ class LeafStatistics:
 # pg_stat_all_tables view would build a row for every table in the database.
 _LEAF_STATISTICS_SQL = """
 SELECT u.oid, l.reltuples,
-       pg_catalog.pg_stat_get_live_tuples(l.oid), pg_catalog.pg_stat_get_mod_since_analyze(l.oid)
+       pg_catalog.pg_stat_get_live_tuples(l.oid), pg_catalog.pg_stat_get_mod_since_analyze(l.oid),
+       l.relpages, pg_catalog.pg_relation_size(l.oid) / pg_catalog.current_setting('block_size')::int
   FROM unnest(%(oids)s::oid[]) AS u(oid)
   JOIN pg_catalog.pg_class AS c ON c.oid = u.oid
   CROSS JOIN LATERAL (
@@ -259,4 +262,7 @@ def leaf_statistics(conn: psycopg.Connection, tables: list[Table]) -> list[LeafS
     if not oids:
         return []
     rows = conn.execute(_LEAF_STATISTICS_SQL, {"oids": oids}).fetchall()
-    return [LeafStatistics(int(r[0]), float(r[1]), int(r[2] or 0), int(r[3] or 0)) for r in rows]
+    return [
+        LeafStatistics(int(r[0]), float(r[1]), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0), int(r[5] or 0))
+        for r in rows
+    ]

@@ -6,7 +6,8 @@ How a table is counted (docs/architecture.md, "Row counts"):
   ANALYZE) and the counters the server moves at each commit (n_live_tup,
   n_mod_since_analyze). The estimate is n_live_tup, which a DELETE moves at once;
   it is trusted while it differs from reltuples by no more than the rows changed
-  since ANALYZE explain. Otherwise the estimate is *stale*: the table was never
+  since ANALYZE explain, and no more rows than its pages now hold at the density
+  ANALYZE saw. Otherwise the estimate is *stale*: the table was never
   vacuumed or analyzed since it was created or truncated (reltuples -1), or the
   counters were reset (pg_stat_reset, a crash) and no longer match reltuples.
 - Exactly (count(*), one statement, within the statement timeout): every table that
@@ -61,7 +62,13 @@ def _leaf_estimate(leaf: LeafStatistics) -> tuple[float, bool]:
         # each committed change moved n_live_tup by one and n_mod_since_analyze by one.
         # Slack for rows committed while VACUUM or ANALYZE ran.
         slack = 50 + 0.01 * leaf.reltuples
-        if abs(leaf.live - leaf.reltuples) <= leaf.changed + slack:
+        explained = abs(leaf.live - leaf.reltuples) <= leaf.changed + slack
+        # Nor can there be more rows than the pages now hold at the density ANALYZE saw.
+        # This catches counters that counted rows twice: a session's changes still
+        # pending when ANALYZE set the counters are added on top (PostgreSQL 15+).
+        capacity = leaf.reltuples / leaf.relpages * max(leaf.pages, leaf.relpages) if leaf.relpages > 0 else None
+        fits = capacity is None or leaf.live <= capacity * 1.1 + slack
+        if explained and fits:
             return float(leaf.live), True
         return leaf.reltuples, False
     # Never vacuumed or analyzed since it was created or truncated: nothing to check
@@ -136,23 +143,27 @@ Baseline = dict[str, list[tuple[date, int]]]
 
 
 def previous_baseline(previous: dict[str, Any] | None, today: date, window_days: int) -> Baseline:
-    """Per table, the (day, highest count that day) entries still inside the window.
-
-    A run recorded before baselines existed only has row_counts: they stand as today's."""
+    """Per table, the (day, highest count that day) entries still inside the window,
+    else the newest one. A run recorded before baselines existed only has row_counts: they stand as today's."""
     previous = previous or {}
     first_day = today - timedelta(days=window_days - 1)
     stored = previous.get("row_baseline")
     baseline: Baseline = {}
     if isinstance(stored, dict) and isinstance(stored.get("tables"), dict):
         for name, entries in stored["tables"].items():
-            kept = []
+            seen = []
             for entry in entries if isinstance(entries, list) else []:
                 if isinstance(entry, list) and len(entry) == 2:
                     day, count = _day(entry[0]), _number(entry[1])
-                    if day is not None and count is not None and first_day <= day <= today:
-                        kept.append((day, count))
+                    if day is not None and count is not None:
+                        seen.append((day, count))
+            kept = [entry for entry in seen if first_day <= entry[0] <= today]
+            if seen and not kept:
+                # No run inside the window (pgbv stopped for longer): the last count seen
+                # stands, as the previous run's did, rather than no comparison at all.
+                kept = [max(seen)]
             if kept:
-                baseline[name] = kept
+                baseline[name] = sorted(kept)
         return baseline
     counts = previous.get("row_counts")
     for name, value in (counts if isinstance(counts, dict) else {}).items():

@@ -244,3 +244,171 @@ def test_rows_hidden_by_row_level_security_are_an_error_not_an_empty_table(demo_
         result = check_once(CHECK, make_target(as_user(demo_db, role), checks={"critical_tables": ["secrets"]}))
     assert result.outcome == "error"
     assert "row-level security" in result.message
+
+
+def accept_once(target, previous, acceptance):
+    """One row_counts run as `pgbv accept-rows` runs it."""
+    with connect(target) as conn:
+        ctx = CheckContext(target=target, conn=conn, log_conn=conn, backup=None, previous=previous,
+                           now=datetime.now(timezone.utc), accept=acceptance)
+        return run_check(CHECK, ctx)
+
+
+EVENTS = [
+    "CREATE TABLE events (id int, at date NOT NULL) PARTITION BY RANGE (at)",
+    "CREATE TABLE events_2026_10 PARTITION OF events FOR VALUES FROM ('2026-10-01') TO ('2026-11-01')",
+    "CREATE TABLE events_2026_11 PARTITION OF events FOR VALUES FROM ('2026-11-01') TO ('2026-12-01')"
+    " PARTITION BY RANGE (at)",
+    "CREATE TABLE events_2026_11a PARTITION OF events_2026_11 FOR VALUES FROM ('2026-11-01') TO ('2026-11-15')",
+    "CREATE TABLE events_2026_11b PARTITION OF events_2026_11 FOR VALUES FROM ('2026-11-15') TO ('2026-12-01')",
+    "INSERT INTO events SELECT g, date '2026-10-01' + (g % 61) FROM generate_series(1, 3000) g",
+    "SELECT pg_stat_force_next_flush()",  # else ANALYZE's figures and then the INSERT's are added
+    "ANALYZE events",  # the parent's reltuples, which autovacuum never refreshes
+]
+
+
+def test_truncated_partitioned_table_fails(make_db):
+    dsn = make_db()
+    _sql(dsn, *EVENTS)
+    for max_rows in (1_000_000, 0):  # counted exactly, and from the leaves' statistics
+        target = make_target(dsn, checks={"critical_tables": ["events"], "exact_count_max_rows": max_rows})
+        healthy = check_once(CHECK, target)
+        assert healthy.outcome == "pass", healthy.message
+        assert healthy.data["row_counts"] == {"events": 3000}
+    assert healthy.data["row_count_methods"] == {"events": "estimate"}
+
+    _sql(dsn, "TRUNCATE events")
+    with psycopg.connect(dsn) as conn:  # the fault of issue 13: the parent still says 3000
+        assert conn.execute("SELECT reltuples FROM pg_class WHERE relname = 'events'").fetchone()[0] == 3000
+    for max_rows in (1_000_000, 0):
+        target = make_target(dsn, checks={"critical_tables": ["events"], "exact_count_max_rows": max_rows})
+        after = check_once(CHECK, target, previous=baseline_of(healthy))
+        assert after.outcome == "fail", after.message
+        assert after.data["row_counts"] == {"events": 0}
+        assert "events is empty" in after.message and "events has 0 rows, 100.0% below" in after.message
+
+
+def test_deletion_checked_before_any_analyze_fails_from_the_estimate(make_db):
+    dsn = make_db()
+    _sql(dsn, "CREATE TABLE orders (id int) WITH (autovacuum_enabled = false)",
+         "INSERT INTO orders SELECT generate_series(1, 5000)", "SELECT pg_stat_force_next_flush()", "ANALYZE orders")
+    target = make_target(dsn, checks={"critical_tables": ["orders"], "exact_count_max_rows": 1000})
+    first = check_once(CHECK, target)
+    assert first.outcome == "pass" and first.data["row_count_methods"] == {"orders": "estimate"}
+    deleted(dsn, "DELETE FROM orders WHERE id > 1000")  # 80%, and no ANALYZE
+    second = check_once(CHECK, target, previous=baseline_of(first))
+    assert second.outcome == "fail", second.message
+    assert "orders has 1000 rows, 80.0% below its highest count" in second.message
+    # Estimated 1000, no longer below exact_count_max_rows... counted exactly as a suspect drop all the same.
+    assert second.data["row_counts"] == {"orders": 1000}
+
+
+def test_lost_statistics_are_stale_and_counted_exactly(make_db):
+    dsn = make_db()
+    _sql(dsn, "CREATE TABLE orders (id int) WITH (autovacuum_enabled = false)",
+         "INSERT INTO orders SELECT generate_series(1, 5000)", "SELECT pg_stat_force_next_flush()",
+         "ANALYZE orders", "SELECT pg_stat_force_next_flush()",
+         "SELECT pg_stat_reset_single_table_counters('orders'::regclass)")  # as pg_stat_reset() or a crash does
+    result = check_once(CHECK, make_target(dsn, checks={"critical_tables": ["orders"], "exact_count_max_rows": 0}))
+    assert result.outcome == "pass", result.message
+    assert result.data["row_counts"] == {"orders": 5000}
+    assert result.data["row_count_methods"] == {"orders": "exact"}
+    assert result.data["stale_statistics"] == ["orders"]
+
+
+def test_slow_leak_fails_on_the_run_the_total_passes_the_limit(make_db):
+    dsn = make_db()
+    _sql(dsn, "CREATE TABLE orders (id int)", "INSERT INTO orders SELECT generate_series(1, 1000)")
+    target = make_target(dsn, checks={"critical_tables": ["orders"]})
+    day = datetime.now(timezone.utc)
+    result = check_once(CHECK, target, now=day)
+    outcomes = []
+    for step, keep in enumerate((950, 902, 857), start=1):  # 5% a day: 5.0%, 9.8%, 14.3% in all
+        _sql(dsn, f"DELETE FROM orders WHERE id > {keep}")
+        result = check_once(CHECK, target, previous=baseline_of(result), now=day + timedelta(days=step))
+        outcomes.append(result.outcome)
+    assert outcomes == ["pass", "pass", "fail"]
+    assert "orders has 857 rows, 14.3% below its highest count of the last 7 days (1000 on" in result.message
+
+
+def test_slow_leak_within_one_day_adds_up_too(make_db):
+    dsn = make_db()
+    _sql(dsn, "CREATE TABLE orders (id int)", "INSERT INTO orders SELECT generate_series(1, 1000)")
+    target = make_target(dsn, checks={"critical_tables": ["orders"]})
+    result = check_once(CHECK, target)
+    outcomes = []
+    for keep in (950, 902, 857):
+        _sql(dsn, f"DELETE FROM orders WHERE id > {keep}")
+        result = check_once(CHECK, target, previous=baseline_of(result))
+        outcomes.append(result.outcome)
+    assert outcomes == ["pass", "pass", "fail"]
+
+
+def test_a_drop_keeps_failing_beyond_the_window_until_accepted(demo_db):
+    target = make_target(demo_db)
+    day = datetime.now(timezone.utc)
+    first = check_once(CHECK, target, now=day)
+    _sql(demo_db, "DELETE FROM knowledge_base_chunks WHERE id IN (SELECT id FROM knowledge_base_chunks LIMIT 4)")  # 8 -> 4
+    result = first
+    for step in (1, 2, 10):  # the next run, the day after, and past the 7-day window
+        result = check_once(CHECK, target, previous=baseline_of(result), now=day + timedelta(days=step))
+        assert result.outcome == "fail", (step, result.message)
+        assert "knowledge_base_chunks has 4 rows, 50.0% below" in result.message
+
+    accepted = accept_once(target, baseline_of(result), Acceptance(by="alice", reason="purged test chunks",
+                                                                   tables=("knowledge_base_chunks",)))
+    assert accepted.outcome == "pass", accepted.message
+    assert accepted.data["accepted_rows"] == {
+        "by": "alice", "reason": "purged test chunks", "tables": {"knowledge_base_chunks": {"from": 8, "to": 4}},
+    }
+    assert "new counts accepted by alice (purged test chunks): knowledge_base_chunks 8 -> 4" in accepted.message
+    after = check_once(CHECK, target, previous=baseline_of(accepted))
+    assert after.outcome == "pass", after.message
+
+
+def test_acceptance_of_one_table_leaves_the_others_failing(demo_db):
+    target = make_target(demo_db)
+    first = check_once(CHECK, target)
+    _sql(demo_db, "DELETE FROM knowledge_base_chunks WHERE id IN (SELECT id FROM knowledge_base_chunks LIMIT 4)",
+         "DELETE FROM appointments WHERE id > 3")
+    accepted = accept_once(target, baseline_of(first), Acceptance(by="alice", tables=("knowledge_base_chunks",)))
+    assert accepted.outcome == "fail"
+    assert "appointments has 3 rows" in accepted.message and "knowledge_base_chunks has" not in accepted.message
+    assert check_once(CHECK, target, previous=baseline_of(accepted)).outcome == "fail"
+
+
+def test_the_window_forgets_counts_older_than_it(demo_db):
+    target = make_target(demo_db)
+    today = datetime.now(timezone.utc).date()
+    old = (today - timedelta(days=7)).isoformat()
+    recent = (today - timedelta(days=6)).isoformat()
+    # 400 appointments 7 days ago is outside a 7-day window (today and the 6 days before).
+    stored = {"row_baseline": {"window_days": 7, "tables": {"appointments": [[old, 400], [recent, 24]]}}}
+    result = check_once(CHECK, target, previous=stored)
+    assert result.outcome == "pass", result.message
+    assert result.data["row_baseline"]["tables"]["appointments"] == [[recent, 24], [today.isoformat(), 23]]
+    wide = make_target(demo_db, checks=checks_with(row_drop_window_days=8))
+    assert check_once(CHECK, wide, previous=stored).outcome == "fail"
+
+
+def test_counters_that_counted_rows_twice_are_stale(make_db):
+    # INSERT then ANALYZE within a second in one session: the INSERT's counts, still
+    # pending, are added after ANALYZE set the counters: 2000 live rows in 1000.
+    dsn = make_db()
+    _sql(dsn, "CREATE TABLE orders (id int) WITH (autovacuum_enabled = false)",
+         "INSERT INTO orders SELECT generate_series(1, 1000)", "ANALYZE orders", "SELECT pg_stat_force_next_flush()")
+    with psycopg.connect(dsn) as conn:
+        live = conn.execute("SELECT pg_stat_get_live_tuples('orders'::regclass)").fetchone()[0]
+    result = check_once(CHECK, make_target(dsn, checks={"critical_tables": ["orders"], "exact_count_max_rows": 0}))
+    assert result.data["row_counts"] == {"orders": 1000}, live
+    if live == 2000:  # the double count happened (the usual case)
+        assert result.data["stale_statistics"] == ["orders"]
+        assert result.data["row_count_methods"] == {"orders": "exact"}
+
+
+def test_after_a_gap_longer_than_the_window_the_last_count_stands(demo_db):
+    long_ago = (datetime.now(timezone.utc).date() - timedelta(days=20)).isoformat()
+    stored = {"row_baseline": {"window_days": 7, "tables": {"appointments": [[long_ago, 50]]}}}
+    result = check_once(CHECK, make_target(demo_db), previous=stored)
+    assert result.outcome == "fail"
+    assert f"appointments has 23 rows, 54.0% below its highest count of the last 7 days (50 on {long_ago}" in result.message
