@@ -78,3 +78,22 @@ def test_accept_rows_without_critical_tables_or_target_is_exit_3(demo_db, tmp_pa
     assert proc.returncode == 3 and "no target named 'nope'" in proc.stderr
     proc = pgbv("accept-rows", "--config", str(config))
     assert proc.returncode == 3 and "--target" in proc.stderr
+
+
+def test_a_run_without_row_counts_in_between_does_not_forget_the_baseline(demo_db):
+    # An unreachable run (or one whose row_counts errored) has no baseline: the next run
+    # takes it from the newest run that has one.
+    import time
+    from datetime import datetime, timezone
+
+    from exporter.verify import unreachable_result, verify_target, write
+    from tests.conftest import make_target
+
+    target = make_target(demo_db, checks=dict(SEED_CHECKS, min_success_ratio=0))
+    assert verify_target(target).check("row_counts").outcome == "pass"
+    execute(demo_db, HALF_THE_CHUNKS)
+    with psycopg.connect(demo_db) as conn:
+        write(conn, unreachable_result(target, "connection refused", datetime.now(timezone.utc), time.monotonic()))
+    check = verify_target(target).check("row_counts")
+    assert check.outcome == "fail", check.message
+    assert "knowledge_base_chunks has 4 rows, 50.0% below" in check.message
