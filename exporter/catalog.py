@@ -233,26 +233,33 @@ class LeafStatistics:
     live: int  # pg_stat_get_live_tuples: moved at every commit, reset by VACUUM and ANALYZE
     changed: int  # pg_stat_get_mod_since_analyze: rows inserted, updated or deleted since ANALYZE
     relpages: int  # pg_class: pages when reltuples was set
-    pages: int  # pages now
+    pages: int | None  # pages now; read only when live is well above reltuples
 
 
 # Leaves, not the parent: a partitioned table holds no rows itself, and autovacuum never
 # analyzes it, so its own reltuples is whatever the last manual ANALYZE left (item 2 of
-# issue 13: 30,000 after TRUNCATE). pg_partition_tree returns nothing for a plain table;
-# the second branch stands for it. The pg_stat_get_* functions read one entry each; the
-# pg_stat_all_tables view would build a row for every table in the database.
+# issue 13: 30,000 after TRUNCATE). pg_partition_tree is called for partitioned tables
+# only. The pg_stat_get_* functions read one entry each; the pg_stat_all_tables view
+# would build a row for every table in the database. The size (a lock and a file look-up
+# per table: 10,000 of them cost a second and could fill the lock table) is read only
+# for leaves with more live rows than autoanalyze lets pass (10 % + 50), the few whose
+# counters need checking against the pages (checks/row_counts.py).
 _LEAF_STATISTICS_SQL = """
-SELECT u.oid, l.reltuples,
-       pg_catalog.pg_stat_get_live_tuples(l.oid), pg_catalog.pg_stat_get_mod_since_analyze(l.oid),
-       l.relpages, pg_catalog.pg_relation_size(l.oid) / pg_catalog.current_setting('block_size')::int
-  FROM unnest(%(oids)s::oid[]) AS u(oid)
-  JOIN pg_catalog.pg_class AS c ON c.oid = u.oid
-  CROSS JOIN LATERAL (
-      SELECT t.relid FROM pg_catalog.pg_partition_tree(u.oid) AS t WHERE c.relkind = 'p' AND t.isleaf
-      UNION ALL
-      SELECT u.oid WHERE c.relkind <> 'p'
-  ) AS leaf(oid)
+WITH unit AS (
+    SELECT c.oid, c.relkind FROM unnest(%(oids)s::oid[]) AS u(oid) JOIN pg_catalog.pg_class AS c ON c.oid = u.oid
+), leaf(unit, oid) AS (
+    SELECT oid, oid FROM unit WHERE relkind <> 'p'
+    UNION ALL
+    SELECT u.oid, t.relid FROM unit AS u, pg_catalog.pg_partition_tree(u.oid) AS t WHERE u.relkind = 'p' AND t.isleaf
+)
+SELECT leaf.unit, l.reltuples, s.live, s.changed, l.relpages,
+       CASE WHEN l.reltuples >= 0 AND s.live > l.reltuples * 1.1 + 50
+            THEN pg_catalog.pg_relation_size(l.oid) / pg_catalog.current_setting('block_size')::int END
+  FROM leaf
   JOIN pg_catalog.pg_class AS l ON l.oid = leaf.oid
+  CROSS JOIN LATERAL (
+      SELECT pg_catalog.pg_stat_get_live_tuples(l.oid) AS live, pg_catalog.pg_stat_get_mod_since_analyze(l.oid) AS changed
+  ) AS s
 """
 
 
@@ -263,6 +270,7 @@ def leaf_statistics(conn: psycopg.Connection, tables: list[Table]) -> list[LeafS
         return []
     rows = conn.execute(_LEAF_STATISTICS_SQL, {"oids": oids}).fetchall()
     return [
-        LeafStatistics(int(r[0]), float(r[1]), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0), int(r[5] or 0))
+        LeafStatistics(int(r[0]), float(r[1]), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0),
+                       None if r[5] is None else int(r[5]))
         for r in rows
     ]

@@ -97,3 +97,26 @@ def test_a_run_without_row_counts_in_between_does_not_forget_the_baseline(demo_d
     check = verify_target(target).check("row_counts")
     assert check.outcome == "fail", check.message
     assert "knowledge_base_chunks has 4 rows, 50.0% below" in check.message
+
+
+def test_row_count_keys_are_bounded(tmp_path):
+    import pytest
+    import yaml
+
+    from exporter.config import ConfigError, load_settings
+
+    def load(**checks):
+        path = tmp_path / "pgbv.yml"
+        path.write_text(yaml.safe_dump({"targets": [{"name": "app", "dsn": "host=/nowhere", "checks": checks}]}))
+        return load_settings(path, {})
+
+    checks = load(critical_tables=["t"]).targets[0].checks
+    assert (checks.row_drop_window_days, checks.exact_count_max_rows) == (7, 1_000_000)
+    for key, bad in [("row_drop_window_days", 0), ("row_drop_window_days", 367), ("row_drop_window_days", ".inf"),
+                     ("row_drop_window_days", 10**30), ("exact_count_max_rows", -1), ("exact_count_max_rows", 10**30),
+                     ("exact_count_max_rows", ".nan")]:
+        value = float(bad[1:]) if isinstance(bad, str) else bad
+        with pytest.raises(ConfigError) as info:
+            load(**{key: value})
+        message = str(info.value)
+        assert f"checks.{key}" in message and len(message) < 300 and "\n" not in message.strip(), message

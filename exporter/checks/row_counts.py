@@ -66,8 +66,11 @@ def _leaf_estimate(leaf: LeafStatistics) -> tuple[float, bool]:
         # Nor can there be more rows than the pages now hold at the density ANALYZE saw.
         # This catches counters that counted rows twice: a session's changes still
         # pending when ANALYZE set the counters are added on top (PostgreSQL 15+).
-        capacity = leaf.reltuples / leaf.relpages * max(leaf.pages, leaf.relpages) if leaf.relpages > 0 else None
-        fits = capacity is None or leaf.live <= capacity * 1.1 + slack
+        # (The pages are read only for leaves that grew past autoanalyze's threshold.)
+        fits = True
+        if leaf.pages is not None and leaf.relpages > 0:
+            capacity = leaf.reltuples / leaf.relpages * max(leaf.pages, leaf.relpages)
+            fits = leaf.live <= capacity * 1.1 + slack
         if explained and fits:
             return float(leaf.live), True
         return leaf.reltuples, False
