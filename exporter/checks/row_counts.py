@@ -135,47 +135,47 @@ def _number(value: Any) -> int | None:
     return int(value)
 
 
-def _day(value: Any) -> date | None:
-    try:
-        return date.fromisoformat(value)
-    except (TypeError, ValueError):
-        return None
+# Days are ISO dates ('2026-12-02'), kept as strings: they sort as dates, and 10,000
+# tables' baselines are read and written every run without parsing a date each.
+Day = str
+Baseline = dict[str, list[tuple[Day, int]]]
 
 
-Baseline = dict[str, list[tuple[date, int]]]
+def _is_day(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 10 and value[4] == value[7] == "-"
 
 
 def previous_baseline(previous: dict[str, Any] | None, today: date, window_days: int) -> Baseline:
     """Per table, the (day, highest count that day) entries still inside the window,
-    else the newest one. A run recorded before baselines existed only has row_counts: they stand as today's."""
+    else the newest one. A run recorded before baselines existed only has row_counts:
+    they stand as today's."""
     previous = previous or {}
-    first_day = today - timedelta(days=window_days - 1)
+    last, first = today.isoformat(), (today - timedelta(days=window_days - 1)).isoformat()
     stored = previous.get("row_baseline")
     baseline: Baseline = {}
     if isinstance(stored, dict) and isinstance(stored.get("tables"), dict):
         for name, entries in stored["tables"].items():
-            seen = []
-            for entry in entries if isinstance(entries, list) else []:
-                if isinstance(entry, list) and len(entry) == 2:
-                    day, count = _day(entry[0]), _number(entry[1])
-                    if day is not None and count is not None:
-                        seen.append((day, count))
-            kept = [entry for entry in seen if first_day <= entry[0] <= today]
+            seen = [
+                (entry[0], count) for entry in (entries if isinstance(entries, list) else [])
+                if isinstance(entry, list) and len(entry) == 2 and _is_day(entry[0])
+                and (count := _number(entry[1])) is not None
+            ]
+            kept = [entry for entry in seen if first <= entry[0] <= last]
             if seen and not kept:
                 # No run inside the window (pgbv stopped for longer): the last count seen
                 # stands, as the previous run's did, rather than no comparison at all.
                 kept = [max(seen)]
             if kept:
-                baseline[name] = sorted(kept)
+                baseline[name] = kept
         return baseline
     counts = previous.get("row_counts")
     for name, value in (counts if isinstance(counts, dict) else {}).items():
         if (count := _number(value)) is not None:
-            baseline[name] = [(today, count)]
+            baseline[name] = [(last, count)]
     return baseline
 
 
-def with_count(entries: list[tuple[date, int]], today: date, count: int) -> list[tuple[date, int]]:
+def with_count(entries: list[tuple[Day, int]], today: Day, count: int) -> list[tuple[Day, int]]:
     """The entries after seeing count today: a day is dropped once a later day has as
     many rows or more (it can no longer be the window's highest)."""
     kept = [entry for entry in entries if entry[1] > count]
@@ -184,14 +184,14 @@ def with_count(entries: list[tuple[date, int]], today: date, count: int) -> list
     return kept + [(today, count)]
 
 
-def highest(entries: list[tuple[date, int]]) -> tuple[date, int] | None:
+def highest(entries: list[tuple[Day, int]]) -> tuple[Day, int] | None:
     return max(entries, key=lambda entry: (entry[1], entry[0])) if entries else None
 
 
 def _stored(baseline: Baseline, window_days: int) -> dict[str, Any]:
     return {
         "window_days": window_days,
-        "tables": {name: [[day.isoformat(), count] for day, count in entries] for name, entries in baseline.items()},
+        "tables": {name: [[day, count] for day, count in entries] for name, entries in baseline.items()},
     }
 
 
@@ -210,8 +210,8 @@ class RowCountsCheck(Check):
         tables = [found[name] for name in names if name in found]
         missing = [name for name in names if name not in found]
         limit, window = checks.max_row_drop_percent, checks.row_drop_window_days
-        today = ctx.now.date()
-        before = previous_baseline(ctx.previous, today, window)
+        before = previous_baseline(ctx.previous, ctx.now.date(), window)
+        today = ctx.now.date().isoformat()
         accept: Acceptance | None = ctx.accept
 
         def dropped(rows: float, high: int) -> bool:
@@ -251,7 +251,7 @@ class RowCountsCheck(Check):
                 drop = (top[1] - count) * 100 / top[1]
                 problems.append(
                     f"{name} has {count} rows, {drop:.1f}% below its highest count of the last "
-                    f"{counted(window, 'day')} ({top[1]} on {top[0].isoformat()}; more than {limit:g}%)"
+                    f"{counted(window, 'day')} ({top[1]} on {top[0]}; more than {limit:g}%)"
                 )
                 # Kept until a person accepts the new count: the drop must not become the norm.
                 after[name] = [(today, top[1])]
