@@ -225,7 +225,8 @@ class RowCountsCheck(Check):
         counts = seen.counts
         allowed_empty = set(checks.allow_empty_tables)
 
-        after: Baseline = {name: entries for name, entries in before.items() if name not in counts}
+        # A table missing this run keeps its baseline; one no longer configured drops out.
+        after: Baseline = {name: before[name] for name in missing if name in before}
         problems, unknown, compared, uncompared, accepted = [], [], 0, [], {}
         for table in tables:
             name, count = table.requested, counts[table.requested]
