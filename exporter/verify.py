@@ -34,7 +34,7 @@ def _read_previous(log_conn: psycopg.Connection, target: TargetConfig) -> dict |
     try:
         with log_conn.transaction():
             previous = record.previous_details(log_conn, target.name)
-            if previous is not None and "row_baseline" not in previous:
+            if previous is not None and "row_baseline" not in previous and target.checks.critical_tables:
                 # The newest run had no row_counts result (unreachable, an error): the
                 # baseline comes from the newest run that has one, so no drop is forgotten.
                 baseline = record.newest_row_baseline(log_conn, target.name)
