@@ -412,3 +412,32 @@ def test_after_a_gap_longer_than_the_window_the_last_count_stands(demo_db):
     result = check_once(CHECK, make_target(demo_db), previous=stored)
     assert result.outcome == "fail"
     assert f"appointments has 23 rows, 54.0% below its highest count of the last 7 days (50 on {long_ago}" in result.message
+
+
+PGBENCH_TABLES = ["pgbench_accounts", "pgbench_branches", "pgbench_tellers"]
+
+
+def test_healthy_pgbench_database_passes_run_after_run(make_db, pg_server):
+    # A database as a new DBA tries pgbench: healthy runs pass, counted exactly and from
+    # the statistics; 80 % of the accounts deleted fails either way.
+    from exporter.pgtools import find_tool, run_tool
+
+    dsn = make_db()
+    pgbench = find_tool("pgbench", pg_server.version_num)
+    run_tool(pgbench, ["-i", "-s", "1", "--quiet", dsn], timeout=300)
+    for max_rows in (1_000_000, 0):
+        target = make_target(dsn, checks={"critical_tables": PGBENCH_TABLES, "exact_count_max_rows": max_rows})
+        first = check_once(CHECK, target)
+        assert first.outcome == "pass", first.message
+        assert first.data["row_counts"] == {"pgbench_accounts": 100_000, "pgbench_branches": 1, "pgbench_tellers": 10}
+        _sql(dsn, "VACUUM ANALYZE pgbench_accounts")
+        second = check_once(CHECK, target, previous=baseline_of(first))
+        assert second.outcome == "pass", second.message
+        assert second.data["row_counts"]["pgbench_accounts"] == 100_000
+        assert second.data["row_count_methods"]["pgbench_accounts"] == ("exact" if max_rows else "estimate")
+    deleted(dsn, "DELETE FROM pgbench_accounts WHERE aid > 20000")
+    for max_rows in (1_000_000, 0):
+        target = make_target(dsn, checks={"critical_tables": PGBENCH_TABLES, "exact_count_max_rows": max_rows})
+        third = check_once(CHECK, target, previous=baseline_of(second))
+        assert third.outcome == "fail", third.message
+        assert "pgbench_accounts has 20000 rows, 80.0% below" in third.message
