@@ -234,6 +234,7 @@ class LeafStatistics:
     changed: int  # pg_stat_get_mod_since_analyze: rows inserted, updated or deleted since ANALYZE
     relpages: int  # pg_class: pages when reltuples was set
     pages: int | None  # pages now; read only when live is well above reltuples
+    countable: bool  # this role may count the critical table: SELECT, and row-level security does not apply
 
 
 # Leaves, not the parent: a partitioned table holds no rows itself, and autovacuum never
@@ -245,16 +246,24 @@ class LeafStatistics:
 # for leaves with more live rows than autoanalyze lets pass (10 % + 50), the few whose
 # counters need checking against the pages (checks/row_counts.py).
 _LEAF_STATISTICS_SQL = """
-WITH unit AS (
-    SELECT c.oid, c.relkind FROM unnest(%(oids)s::oid[]) AS u(oid) JOIN pg_catalog.pg_class AS c ON c.oid = u.oid
-), leaf(unit, oid) AS (
-    SELECT oid, oid FROM unit WHERE relkind <> 'p'
+WITH me AS (
+    SELECT r.rolsuper OR r.rolbypassrls AS bypasses_rls FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user
+), unit AS (
+    SELECT c.oid, c.relkind,
+           pg_catalog.has_table_privilege(c.oid, 'SELECT')
+           AND (NOT c.relrowsecurity OR (SELECT bypasses_rls FROM me)
+                OR (NOT c.relforcerowsecurity AND pg_catalog.pg_has_role(c.relowner, 'USAGE'))) AS countable
+      FROM unnest(%(oids)s::oid[]) AS u(oid) JOIN pg_catalog.pg_class AS c ON c.oid = u.oid
+), leaf(unit, oid, countable) AS (
+    SELECT oid, oid, countable FROM unit WHERE relkind <> 'p'
     UNION ALL
-    SELECT u.oid, t.relid FROM unit AS u, pg_catalog.pg_partition_tree(u.oid) AS t WHERE u.relkind = 'p' AND t.isleaf
+    SELECT u.oid, t.relid, u.countable FROM unit AS u, pg_catalog.pg_partition_tree(u.oid) AS t
+     WHERE u.relkind = 'p' AND t.isleaf
 )
 SELECT leaf.unit, l.reltuples, s.live, s.changed, l.relpages,
        CASE WHEN l.reltuples >= 0 AND s.live > l.reltuples * 1.1 + 50
-            THEN pg_catalog.pg_relation_size(l.oid) / pg_catalog.current_setting('block_size')::int END
+            THEN pg_catalog.pg_relation_size(l.oid) / pg_catalog.current_setting('block_size')::int END,
+       leaf.countable
   FROM leaf
   JOIN pg_catalog.pg_class AS l ON l.oid = leaf.oid
   CROSS JOIN LATERAL (
@@ -271,6 +280,6 @@ def leaf_statistics(conn: psycopg.Connection, tables: list[Table]) -> list[LeafS
     rows = conn.execute(_LEAF_STATISTICS_SQL, {"oids": oids}).fetchall()
     return [
         LeafStatistics(int(r[0]), float(r[1]), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0),
-                       None if r[5] is None else int(r[5]))
+                       None if r[5] is None else int(r[5]), bool(r[6]))
         for r in rows
     ]

@@ -63,6 +63,9 @@ def _leaf_estimate(leaf: LeafStatistics) -> tuple[float, bool]:
         # Slack for rows committed while VACUUM or ANALYZE ran.
         slack = 50 + 0.01 * leaf.reltuples
         explained = abs(leaf.live - leaf.reltuples) <= leaf.changed + slack
+        # Counters at zero with fewer changes than rows: reset (pg_stat_reset, a crash, a
+        # database made from a template), not an emptied table.
+        reset = leaf.live == 0 and leaf.reltuples > 0 and leaf.changed < leaf.reltuples
         # Nor can there be more rows than the pages now hold at the density ANALYZE saw.
         # This catches counters that counted rows twice: a session's changes still
         # pending when ANALYZE set the counters are added on top (PostgreSQL 15+).
@@ -71,7 +74,7 @@ def _leaf_estimate(leaf: LeafStatistics) -> tuple[float, bool]:
         if leaf.pages is not None and leaf.relpages > 0:
             capacity = leaf.reltuples / leaf.relpages * max(leaf.pages, leaf.relpages)
             fits = leaf.live <= capacity * 1.1 + slack
-        if explained and fits:
+        if explained and fits and not reset:
             return float(leaf.live), True
         return leaf.reltuples, False
     # Never vacuumed or analyzed since it was created or truncated: nothing to check
@@ -79,12 +82,30 @@ def _leaf_estimate(leaf: LeafStatistics) -> tuple[float, bool]:
     return float(max(leaf.live, 0)), False
 
 
-def _estimates(conn, tables: list[Table]) -> dict[int, tuple[float, bool]]:
-    by_table: dict[int, tuple[float, bool]] = {table.oid: (0.0, True) for table in tables}
+@dataclass
+class _Estimate:
+    rows: float = 0.0  # from the commit-time counters
+    trusted: bool = True  # every leaf's counters agree with the catalog
+    catalog: float | None = 0.0  # the leaves' reltuples; None when one has none (-1)
+    countable: bool = True  # this role may count the table exactly
+
+    @property
+    def needs_count(self) -> bool:
+        """No figure to go by, or one that says empty: only a count may say so."""
+        if self.trusted:
+            return self.rows < 1
+        return self.catalog is None or self.catalog < 1
+
+
+def _estimates(conn, tables: list[Table]) -> dict[int, _Estimate]:
+    by_table = {table.oid: _Estimate() for table in tables}
     for leaf in leaf_statistics(conn, tables):
         rows, trusted = _leaf_estimate(leaf)
-        total, all_trusted = by_table[leaf.table_oid]
-        by_table[leaf.table_oid] = (total + rows, all_trusted and trusted)
+        estimate = by_table[leaf.table_oid]
+        estimate.rows += rows
+        estimate.trusted = estimate.trusted and trusted
+        estimate.catalog = None if estimate.catalog is None or leaf.reltuples < 0 else estimate.catalog + leaf.reltuples
+        estimate.countable = leaf.countable
     return by_table
 
 
@@ -98,32 +119,42 @@ def count_rows(
     from the leaves' statistics, exact counts where they are stale, empty or small
     (at most MAX_EXACT_COUNTS, in one statement). suspicious(table, estimate) marks
     tables to count exactly before the other small ones. Also used on the live
-    database by restore drills, to compare a restored copy with it."""
+    database by restore drills, to compare a restored copy with it.
+
+    A table this role may not count (no SELECT, or row-level security applies: the
+    least-privilege role of docs/deploy.md) is counted only when nothing else can
+    answer (no estimate at all, or one that says empty), and then is an error
+    naming the permission, as before; a small or stale one uses its estimate (the
+    catalog's when the counters are stale)."""
     estimates = _estimates(conn, tables)
     unique = list({table.oid: table for table in tables}.values())
 
     def wanted(table: Table) -> bool:
-        rows, trusted = estimates[table.oid]
-        return not trusted or rows < 1 or rows < exact_count_max_rows
+        estimate = estimates[table.oid]
+        if estimate.needs_count:
+            return True
+        return estimate.countable and (not estimate.trusted or estimate.rows < exact_count_max_rows)
 
     def priority(table: Table) -> tuple[int, float]:
-        rows, trusted = estimates[table.oid]
-        if not trusted or rows < 1:
-            return 0, rows
-        return (1 if suspicious is not None and suspicious(table, rows) else 2), rows
+        estimate = estimates[table.oid]
+        if estimate.needs_count or not estimate.trusted:
+            return 0, estimate.rows
+        return (1 if suspicious is not None and suspicious(table, estimate.rows) else 2), estimate.rows
 
     chosen = sorted((t for t in unique if wanted(t)), key=priority)[:MAX_EXACT_COUNTS]
     exact = exact_row_counts(conn, chosen)
     out = RowCounts()
     for table in tables:
         name = table.requested
-        rows, trusted = estimates[table.oid]
-        if not trusted:
+        estimate = estimates[table.oid]
+        if not estimate.trusted:
             out.stale.append(name)
         if table.oid in exact:
             out.counts[name], out.methods[name] = exact[table.oid], "exact"
-        elif trusted:
-            out.counts[name], out.methods[name] = round(rows), "estimate"
+        elif estimate.trusted:
+            out.counts[name], out.methods[name] = round(estimate.rows), "estimate"
+        elif not estimate.needs_count:
+            out.counts[name], out.methods[name] = round(estimate.catalog), "estimate"
         else:
             out.counts[name], out.methods[name] = None, "unknown"
     return out
