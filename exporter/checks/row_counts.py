@@ -1,6 +1,6 @@
 """Seed test 8: critical tables hold rows, and none lost many of them.
 
-How a table is counted (docs/architecture.md, "Row counts"):
+How a table is counted (docs/checks.md, "Row counts"):
 - Its statistics are read for its LEAVES (the table itself, or every leaf partition
   of a partitioned table), in one statement: the catalog's reltuples (VACUUM and
   ANALYZE) and the counters the server moves at each commit (n_live_tup,
@@ -8,12 +8,13 @@ How a table is counted (docs/architecture.md, "Row counts"):
   it is trusted while it differs from reltuples by no more than the rows changed
   since ANALYZE explain, and no more rows than its pages now hold at the density
   ANALYZE saw. Otherwise the estimate is *stale*: the table was never
-  vacuumed or analyzed since it was created or truncated (reltuples -1), or the
-  counters were reset (pg_stat_reset, a crash) and no longer match reltuples.
+  vacuumed or analyzed since it was created or truncated (reltuples -1), the
+  counters were reset (pg_stat_reset, a crash) or counted rows twice.
 - Exactly (count(*), one statement, within the statement timeout): every table that
   is stale, estimated empty, or estimated below checks.exact_count_max_rows, at most
   MAX_EXACT_COUNTS per run; stale and empty ones first, then those whose estimate
-  shows a drop, then the smallest.
+  shows a drop, then the smallest. A table this role may not read is counted only
+  when nothing else can answer (see count_rows).
 
 A drop is measured from the highest count of the last checks.row_drop_window_days
 days, carried from run to run in verification_details.row_baseline (per table, the
