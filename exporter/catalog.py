@@ -307,3 +307,65 @@ def counted(count: int, singular: str, plural: str | None = None) -> str:
 def listing(names: list[str]) -> str:
     """Names for a one-line message; one with control characters is shown quoted."""
     return ", ".join(name if name.isprintable() else repr(name) for name in names)
+
+
+@dataclass(frozen=True)
+class LeafStatistics:
+    """What the server knows about the row count of one leaf of a critical table (the
+    table itself, or one leaf partition of a partitioned table)."""
+
+    table_oid: int  # the critical table this leaf belongs to
+    reltuples: float  # pg_class: set by VACUUM and ANALYZE; -1 before either, and after TRUNCATE
+    live: int  # pg_stat_get_live_tuples: moved at every commit, reset by VACUUM and ANALYZE
+    changed: int  # pg_stat_get_mod_since_analyze: rows inserted, updated or deleted since ANALYZE
+    relpages: int  # pg_class: pages when reltuples was set
+    pages: int | None  # pages now; read only when live is well above reltuples
+    countable: bool  # this role may count the critical table: SELECT, and row-level security does not apply
+
+
+# Leaves, not the parent: a partitioned table holds no rows itself, and autovacuum never
+# analyzes it, so its own reltuples is whatever the last manual ANALYZE left (item 2 of
+# issue 13: 30,000 after TRUNCATE). pg_partition_tree is called for partitioned tables
+# only. The pg_stat_get_* functions read one entry each; the pg_stat_all_tables view
+# would build a row for every table in the database. The size (a lock and a file look-up
+# per table: 10,000 of them cost a second and could fill the lock table) is read only
+# for leaves with more live rows than autoanalyze lets pass (10 % + 50), the few whose
+# counters need checking against the pages (checks/row_counts.py).
+_LEAF_STATISTICS_SQL = """
+WITH me AS (
+    SELECT r.rolsuper OR r.rolbypassrls AS bypasses_rls FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user
+), unit AS (
+    SELECT c.oid, c.relkind,
+           pg_catalog.has_table_privilege(c.oid, 'SELECT')
+           AND (NOT c.relrowsecurity OR (SELECT bypasses_rls FROM me)
+                OR (NOT c.relforcerowsecurity AND pg_catalog.pg_has_role(c.relowner, 'USAGE'))) AS countable
+      FROM unnest(%(oids)s::oid[]) AS u(oid) JOIN pg_catalog.pg_class AS c ON c.oid = u.oid
+), leaf(unit, oid, countable) AS (
+    SELECT oid, oid, countable FROM unit WHERE relkind <> 'p'
+    UNION ALL
+    SELECT u.oid, t.relid, u.countable FROM unit AS u, pg_catalog.pg_partition_tree(u.oid) AS t
+     WHERE u.relkind = 'p' AND t.isleaf
+)
+SELECT leaf.unit, l.reltuples, s.live, s.changed, l.relpages,
+       CASE WHEN l.reltuples >= 0 AND s.live > l.reltuples * 1.1 + 50
+            THEN pg_catalog.pg_relation_size(l.oid) / pg_catalog.current_setting('block_size')::int END,
+       leaf.countable
+  FROM leaf
+  JOIN pg_catalog.pg_class AS l ON l.oid = leaf.oid
+  CROSS JOIN LATERAL (
+      SELECT pg_catalog.pg_stat_get_live_tuples(l.oid) AS live, pg_catalog.pg_stat_get_mod_since_analyze(l.oid) AS changed
+  ) AS s
+"""
+
+
+def leaf_statistics(conn: psycopg.Connection, tables: list[Table]) -> list[LeafStatistics]:
+    """Row statistics of every leaf of these tables, in one statement."""
+    oids = list(dict.fromkeys(table.oid for table in tables))
+    if not oids:
+        return []
+    rows = conn.execute(_LEAF_STATISTICS_SQL, {"oids": oids}).fetchall()
+    return [
+        LeafStatistics(int(r[0]), float(r[1]), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0),
+                       None if r[5] is None else int(r[5]), bool(r[6]))
+        for r in rows
+    ]

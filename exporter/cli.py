@@ -59,6 +59,50 @@ def _report(results, fmt: str) -> int:
     return code
 
 
+def _who() -> str:
+    """Who accepts a row count, for the log: the OS account (the one behind sudo too) and host."""
+    import getpass
+    import socket
+
+    user = getpass.getuser()
+    behind = os.environ.get("SUDO_USER")
+    name = f"{behind} (sudo as {user})" if behind and behind != user else user
+    return f"{name}@{socket.gethostname()}"
+
+
+def cmd_accept_rows(args: argparse.Namespace) -> int:
+    from exporter.checks.row_counts import Acceptance
+    from exporter.verify import verify_target
+
+    settings = load_settings(args.config)
+    target = settings.target(args.target)
+    critical = list(dict.fromkeys(target.checks.critical_tables))
+    if not critical:
+        raise ConfigError(f"targets.{target.name}.checks.critical_tables: empty, so there are no row counts to accept")
+    tables = tuple(dict.fromkeys(args.table)) if args.table else None
+    unknown = [name for name in tables or () if name not in critical]
+    if unknown:
+        _say(f"--table {', '.join(unknown)}: not a critical table of target {target.name} "
+             f"(critical_tables: {', '.join(critical)})")
+        return EXIT_UNKNOWN
+    acceptance = Acceptance(by=_who(), reason=args.reason, tables=tables)
+    result = verify_target(target, drill=False, accept=acceptance)
+    code = _report([result], args.format)
+    accepted = (result.facts.get("accepted_rows") or {}).get("tables", {})
+    wanted = list(tables or [name for name in critical if name in accepted])
+    refused = [name for name in tables or () if name not in accepted]
+    if result.unreachable is not None or result.record_error is not None:
+        _say(f"target {target.name}: nothing accepted: the run could not be recorded")
+        return EXIT_UNKNOWN
+    if not accepted or refused:
+        check = result.check("row_counts")
+        why = check.message if check is not None else "row_counts did not run"
+        _say(f"target {target.name}: not accepted: {', '.join(refused) or 'no table'} (row_counts: {why})")
+        return EXIT_UNKNOWN
+    _say(f"target {target.name}: accepted the row counts of {', '.join(wanted)} as intended, by {acceptance.by}")
+    return code
+
+
 def cmd_restore_drill(args: argparse.Namespace) -> int:
     import signal
 
@@ -107,6 +151,21 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return code
 
 
+def _acceptance_note(row: dict[str, Any]) -> str | None:
+    """'row counts accepted by alice@db1 (reason): t 23 -> 3' for a run of `pgbv accept-rows`."""
+    details = row.get("verification_details")
+    accepted = details.get("accepted_rows") if isinstance(details, dict) else None
+    if not isinstance(accepted, dict):
+        return None
+    tables = accepted.get("tables") if isinstance(accepted.get("tables"), dict) else {}
+    moved = ", ".join(
+        f"{name} {change.get('from') if change.get('from') is not None else '-'} -> {change.get('to')}"
+        for name, change in tables.items() if isinstance(change, dict)
+    )
+    reason = f" ({accepted['reason']})" if accepted.get("reason") else ""
+    return f"row counts accepted by {accepted.get('by')}{reason}: {moved or 'no table'}"
+
+
 def _history_text(target: str, rows: list[dict[str, Any]]) -> str:
     lines = [f"target {target}: {len(rows)} runs"]
     lines.append(f"  {'VERIFIED AT':25}  {'STATUS':8}  PASSED  FAILED  BACKUP AGE  BACKUP")
@@ -116,6 +175,8 @@ def _history_text(target: str, rows: list[dict[str, Any]]) -> str:
             f"  {row['verified_at'].isoformat(timespec='seconds'):25}  {row['status']:8}  "
             f"{row['checks_passed']:6}  {row['checks_failed']:6}  {age:>10}  {row['backup_id'] or '-'}"
         )
+        if (note := _acceptance_note(row)) is not None:
+            lines.append(f"    {note}")
     return "\n".join(lines)
 
 
@@ -143,10 +204,12 @@ def cmd_history(args: argparse.Namespace) -> int:
     elif args.format == "markdown":
         for name, rows in out.items():
             print(f"## Verification history: {name} (last {args.days} days)\n")
-            print("| Verified at | Status | Passed | Failed | Backup age (h) | Backup |\n|---|---|---|---|---|---|")
+            print("| Verified at | Status | Passed | Failed | Backup age (h) | Backup | Note |\n|---|---|---|---|---|---|---|")
             for row in rows:
+                note = (_acceptance_note(row) or "").replace("|", "\\|")
                 print(f"| {row['verified_at'].isoformat(timespec='seconds')} | {row['status']} | {row['checks_passed']} | "
-                      f"{row['checks_failed']} | {row['backup_age_hours'] if row['backup_age_hours'] is not None else '-'} | {row['backup_id'] or '-'} |")
+                      f"{row['checks_failed']} | {row['backup_age_hours'] if row['backup_age_hours'] is not None else '-'} | "
+                      f"{row['backup_id'] or '-'} | {note} |")
             print()
     else:
         print("\n\n".join(_history_text(name, rows) for name, rows in out.items()))
@@ -227,6 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full-read", action="store_true",
                    help="read every backup through now where its source reads on a cadence (pgbackrest verify, "
                    "normally every backup.verify_every_days), whatever the last full read was")
+
+    p = command("accept-rows", cmd_accept_rows,
+                "Accept a critical table's new row count as intended: verify the target now and record its current "
+                "counts as the baseline row_counts compares with (until then a drop keeps failing).")
+    config_arg(p)
+    p.add_argument("--target", metavar="NAME", required=True, help="the target whose counts are accepted")
+    p.add_argument("--table", metavar="NAME", action="append",
+                   help="accept only this critical table (repeat for several; default: every critical table)")
+    p.add_argument("--reason", metavar="TEXT", help="why the count changed, kept in the log and shown by `pgbv history`")
+    p.add_argument("--format", choices=formats, default="text", help="report format (default: text)")
 
     p = command("restore-drill", cmd_restore_drill,
                 "Verify now with a restore drill: restore the newest backup into a scratch copy, check and compare it.")

@@ -247,7 +247,19 @@ class ChecksConfig(_Strict):
     )
     max_row_drop_percent: float = Bounded(
         10, ge=0, le=100,
-        description="`row_counts` fails when a critical table lost more than this share of its rows since the last run.",
+        description="`row_counts` fails when a critical table holds fewer rows than its highest count over "
+        "`row_drop_window_days` by more than this share.",
+    )
+    row_drop_window_days: int = Field(
+        7, ge=1, le=366,
+        description="`row_counts` compares each critical table with its highest count over this many days (today "
+        "included), so a drop keeps failing and a slow leak adds up; the baseline moves only with `pgbv accept-rows`.",
+    )
+    exact_count_max_rows: int = Field(
+        1_000_000, ge=0, le=10**12,
+        description="`row_counts` counts a critical table exactly (count(*)) when its estimate is below this many "
+        "rows (at most 100 tables a run; 0: only tables whose statistics are stale or empty); larger tables use the "
+        "statistics PostgreSQL updates at each commit.",
     )
     min_success_ratio: float = Bounded(
         0.9, ge=0, le=1,

@@ -174,6 +174,31 @@ def previous_details(conn: psycopg.Connection, target: str) -> dict[str, Any] | 
     return row[0] if row and isinstance(row[0], dict) else None
 
 
+# Runs without a baseline (unreachable, row_counts in error, recorded before baselines
+# existed) are skipped, but only among the newest 100 runs: each is a document of
+# several KB to open, and a target without critical tables never has one.
+BASELINE_LOOKBACK_RUNS = 100
+
+
+def newest_row_baseline(conn: psycopg.Connection, target: str) -> dict[str, Any] | None:
+    """row_baseline of the target's newest run that has one (checks/row_counts.py), among
+    its newest BASELINE_LOOKBACK_RUNS runs; else None."""
+    row = conn.execute(
+        f"""
+        SELECT baseline FROM (
+            SELECT verification_details->'row_baseline' AS baseline, verified_at
+              FROM backup_verification_log
+             WHERE {TARGET_OF} = %(target)s
+             ORDER BY verified_at DESC LIMIT {BASELINE_LOOKBACK_RUNS}
+        ) AS newest
+         WHERE baseline IS NOT NULL
+         ORDER BY verified_at DESC LIMIT 1
+        """,
+        {"target": target},
+    ).fetchone()
+    return row[0] if row and isinstance(row[0], dict) else None
+
+
 # "? 'restore'" lets the partial drills index serve the query.
 GOOD_DRILL = "verification_details ? 'restore' AND verification_details->'restore'->>'outcome' IN ('pass', 'warn')"
 

@@ -28,6 +28,7 @@ class CheckContext:
     drill: bool = False  # run on-demand checks (the restore drill) this time
     keep: bool = False  # a drill leaves its scratch copy for inspection
     full_read: bool = False  # `pgbv verify --full-read`: every source's full read runs now, whatever its cadence
+    accept: Any = None  # row_counts.Acceptance: `pgbv accept-rows` takes these counts as intended
     # What find_tables said about each (name, relkinds) this run, None for no such table.
     _tables: dict[tuple[str, str], Table | None] = field(default_factory=dict, repr=False)
 

@@ -23,7 +23,7 @@ def live_counts(target: TargetConfig, names: list[str]) -> dict[str, int | None]
     with connect(target) as conn:
         with conn.transaction():
             found = find_tables(conn, names)
-            counts, _ = count_rows(conn, list(found.values()))
+            counts = count_rows(conn, list(found.values()), target.checks.exact_count_max_rows).counts
     return {name: counts.get(name) for name in names}
 
 
