@@ -126,13 +126,16 @@ def _render_text_one(result: RunResult, colour: bool) -> str:
             )
         else:
             lines.append(f"backup: none found ({result.backup.error or result.backup.missing})")
+    if result.unreachable is not None and not result.checks:
+        # Nothing ran (no backup source to ask): the first line said all there is.
+        return "\n".join(lines)
     width = max([len(c.name) for c in result.checks] + [5])
     lines.append(f"  {'CHECK'.ljust(width)}  OUTCOME  RESULT")
     for check in result.checks:
         outcome = _paint(check.outcome.ljust(7), check.outcome, colour)
         lines.append(f"  {check.name.ljust(width)}  {outcome}  {check.message}")
     if result.facts.get("skipped_checks"):
-        lines.append(f"skipped, the database being unreachable: {', '.join(result.facts['skipped_checks'])}")
+        lines.append(f"skipped, they need the database: {', '.join(result.facts['skipped_checks'])}")
     if result.unreachable is None or result.id is not None or result.record_error is not None:
         lines.append(_recorded(result))
     return "\n".join(lines)
