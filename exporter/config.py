@@ -11,6 +11,8 @@ so ``PGBV_TARGETS__0__PASSWORD`` sets the password of the first target and
 from __future__ import annotations
 
 import json
+import types
+import typing
 import os
 import re
 from pathlib import Path
@@ -649,6 +651,47 @@ def read_yaml(file: Path, label: str) -> Any:
         raise ConfigError(f"{label}: {file}:{where} not valid YAML ({problem})") from None
 
 
+def _options(annotation: Any) -> tuple[Any, ...]:
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) is Annotated:
+        return _options(typing.get_args(annotation)[0])
+    return (annotation,)
+
+
+def _booleans_for_numbers(model: type[BaseModel], data: Any, loc: str = "") -> None:
+    """Refuse a boolean where the model wants a number, naming the key. YAML reads
+    yes/no/true/false as booleans and pydantic would take them as 1 and 0:
+    `retention_days: yes` would keep one day of history."""
+    if not isinstance(data, dict):
+        return
+    for name, value in data.items():
+        field = model.model_fields.get(name)
+        if field is None:
+            continue
+        options = _options(field.annotation)
+        key = f"{loc}{name}"
+        if isinstance(value, bool) and any(option in (int, float) for option in options):
+            raise ConfigError(f"{key}: expected a number, got the boolean {str(value).lower()}")
+        for option in options:
+            origin = typing.get_origin(option)
+            if isinstance(option, type) and issubclass(option, BaseModel):
+                if "source" not in option.model_fields or (
+                    isinstance(value, dict) and value.get("source", option.model_fields["source"].default) in typing.get_args(option.model_fields["source"].annotation)
+                ):
+                    _booleans_for_numbers(option, value, f"{key}.")
+            elif origin is list and isinstance(value, list):
+                (item,) = typing.get_args(option) or (None,)
+                if isinstance(item, type) and issubclass(item, BaseModel):
+                    for index, element in enumerate(value):
+                        _booleans_for_numbers(item, element, f"{key}.{index}.")
+            elif origin is dict and isinstance(value, dict):
+                wanted = _options(typing.get_args(option)[1])
+                for entry, number in value.items():
+                    if isinstance(number, bool) and any(o in (int, float) for o in wanted):
+                        raise ConfigError(f"{key}.{entry}: expected a number, got the boolean {str(number).lower()}")
+
+
 def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str] | None = None) -> Settings:
     """Read, merge and validate the configuration; raise ConfigError with one line per problem."""
     environ = dict(os.environ if environ is None else environ)
@@ -667,6 +710,7 @@ def load_settings(path: str | os.PathLike | None = None, environ: dict[str, str]
     if "targets" not in data:
         where = f"{path}" if path is not None else "the environment (no --config given and PGBV_CONFIG unset)"
         raise ConfigError(f"targets: required key is missing in {where}")
+    _booleans_for_numbers(Settings, data)
     try:
         return Settings(**data)
     except ValidationError as exc:

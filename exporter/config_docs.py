@@ -23,7 +23,8 @@ items are addressed by index: `PGBV_TARGETS__0__PASSWORD`,
 `PGBV_SCHEDULE__DAILY_AT=04:30`, `PGBV_TARGETS__0__CHECKS__CRITICAL_TABLES='["a","b"]'`
 (lists and mappings as JSON). Unknown keys are errors. Sizes in MB are 2^20 bytes.
 Every number must be finite and within its range (the column "range", bounds
-included): far beyond any sensible setting, far below what would overflow.
+included): far beyond any sensible setting, far below what would overflow. A number
+is written as one: `yes`, `true` and the other YAML booleans are refused there.
 See `examples/seed-app.yml` for a full example.
 """
 

@@ -244,7 +244,10 @@ def numeric_keys(model=None, place=None, loc=""):
 
 
 NUMERIC_KEYS = list(numeric_keys())
-BAD_NUMBERS = {"inf": float("inf"), "nan": float("nan"), "negative": -1, "30 digits": 123456789012345678901234567890}
+BAD_NUMBERS = {
+    "inf": float("inf"), "nan": float("nan"), "negative": -1, "30 digits": 123456789012345678901234567890,
+    "boolean": True,  # YAML yes/true: pydantic alone would read 1
+}
 
 
 def test_the_walk_finds_the_numeric_keys():
