@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TypeVar
 
-from exporter.backups.base import BackupSource, BackupSourceError, NoBackupFound
+from exporter.backups.base import BackupSource, BackupSourceError, BackupUnreadable, NoBackupFound
 from exporter.config import DirectoryBackup
 from exporter.result import PREVIOUS_SIZES_KEPT, BackupInfo
 
@@ -154,13 +154,15 @@ def scan(folder: Path, pattern: str) -> BackupInfo:
         candidates.sort(key=lambda candidate: candidate[:2], reverse=True)
         mtime, name, path, is_folder, size = candidates[0]
         kind = _kind(path, is_folder)
+        trend_kind = _size_kind(path, kind)
         previous = []
         for _, _, other, other_is_folder, other_size in candidates[1:]:
             if len(previous) == PREVIOUS_SIZES_KEPT:
                 break
             try:
-                # Like with like: a weekly pg_basebackup next to daily dumps is no trend.
-                if _kind(other, other_is_folder) == kind:
+                # Like with like: a weekly pg_basebackup next to daily dumps is no trend, and
+                # neither is a dump compressed after uncompressed ones (-Z0 then -Z9: 93% smaller).
+                if _size_kind(other, _kind(other, other_is_folder)) == trend_kind:
                     previous.append(other_size)
             except FileNotFoundError:
                 continue  # rotated away since listed
@@ -174,6 +176,22 @@ def scan(folder: Path, pattern: str) -> BackupInfo:
 
 def _kind(path: Path, is_folder: bool) -> str:
     return folder_kind(path) if is_folder else file_kind(path)
+
+
+_ARCHIVE_KINDS = ("pg_dump custom", "pg_dump directory", "pg_dump tar")
+
+
+def _size_kind(path: Path, kind: str) -> str:
+    """What backups are compared by in the size trend: the kind, and for a pg_dump archive
+    its compression, read from the archive's header (a few hundred bytes)."""
+    if kind not in _ARCHIVE_KINDS:
+        return kind
+    from exporter.backups.readable import archive_header
+
+    try:
+        return f"{kind}, {archive_header(path, kind).compression} compression"
+    except (BackupUnreadable, BackupSourceError):
+        return kind  # a damaged or vanished archive: backup_readable says so
 
 
 class DirectoryBackupSource(BackupSource):

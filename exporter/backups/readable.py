@@ -117,11 +117,17 @@ class ArchiveHeader:
     format: str  # custom, "tar or directory"
     dumped_by: str | None  # pg_dump's version, e.g. "18.6" (archives from pg_dump 8.4 on)
     server: str | None  # the dumped server's version
+    # none, gzip, lz4 or zstd: a dump's size depends on it more than on its data
+    compression: str = "unknown"
 
     @property
     def dumped_by_major(self) -> int | None:
         match = re.match(r"(\d+)", self.dumped_by or "")
         return int(match.group(1)) if match else None
+
+
+# pg_compress_algorithm in PostgreSQL's compress_io.h, stored by archive version 1.15 on.
+_COMPRESSION_ALGORITHMS = {0: "none", 1: "gzip", 2: "lz4", 3: "zstd"}
 
 
 def parse_archive_header(data: bytes) -> ArchiveHeader:
@@ -169,11 +175,13 @@ def parse_archive_header(data: bytes) -> ArchiveHeader:
         return data[pos - length:pos].decode("utf-8", "replace")
 
     if version >= (1, 15, 0):
-        byte()  # compression algorithm
+        compression = _COMPRESSION_ALGORITHMS.get(byte(), "unknown")
     elif version >= (1, 4, 0):
-        integer()  # compression level
+        compression = "gzip" if integer() != 0 else "none"  # a zlib level, 0 for none
     elif version >= (1, 2, 0):
-        byte()
+        compression = "gzip" if byte() != 0 else "none"
+    else:
+        compression = "unknown"
     dumped_by = server = None
     if version >= (1, 4, 0):
         for _ in range(7):  # the dump's start time: sec, min, hour, mday, mon, year, isdst
@@ -182,10 +190,10 @@ def parse_archive_header(data: bytes) -> ArchiveHeader:
     if version >= (1, 10, 0):
         server = string()
         dumped_by = string()
-    return ArchiveHeader(version, _ARCHIVE_FORMATS.get(fmt, f"format {fmt}"), dumped_by, server)
+    return ArchiveHeader(version, _ARCHIVE_FORMATS.get(fmt, f"format {fmt}"), dumped_by, server, compression)
 
 
-def _header_of(path: Path, kind: str) -> ArchiveHeader:
+def archive_header(path: Path, kind: str) -> ArchiveHeader:
     if kind == "pg_dump directory":
         where, offset = path / "toc.dat", 0
     else:
@@ -288,7 +296,7 @@ def read_custom_or_tar(path: Path, kind: str, timeout: float, server_version_num
 
     `pg_restore --list` would not do: it stops after the table of contents.
     """
-    header = _header_of(path, kind)
+    header = archive_header(path, kind)
     if kind == "pg_dump tar":
         members = _scan(lambda d: walk_tar(path, d, read_data=False), timeout, f"reading {path}")
         if not members or members[0] != "toc.dat":
@@ -336,7 +344,7 @@ def read_directory_dump(path: Path, timeout: float, server_version_num: int | No
     (`pg_restore -Fd -f /dev/null` opens each one and fails on one missing or cut)."""
     if not (path / "toc.dat").is_file():
         raise BackupUnreadable(f"{path}: toc.dat is missing, without it nothing in the folder can be restored")
-    header = _header_of(path, "pg_dump directory")
+    header = archive_header(path, "pg_dump directory")
     tool = _pg_restore(header, server_version_num, pg_bin_dir, path.name)
     try:
         _run_reader(tool, ["-Fd", "-f", os.devnull, str(path)], timeout, str(path))

@@ -158,6 +158,9 @@ def shrinking_dumps(pg_server, tmp_path_factory):
             dumps[label] = folder / f"{label}.dump"
             # Uncompressed: the dump's size follows the rows it holds.
             run_tool(pg_dump, ["-Fc", "-Z0", "-f", str(dumps[label]), "-d", dsn], timeout=120)
+            if label == "full":  # the same rows, compressed (pg_dump's default)
+                dumps["full_compressed"] = folder / "full_compressed.dump"
+                run_tool(pg_dump, ["-Fc", "-f", str(dumps["full_compressed"]), "-d", dsn], timeout=120)
     finally:
         pg_server.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
     return dumps
@@ -215,6 +218,18 @@ def test_real_dumps_of_another_kind_are_not_compared(pg_server, shrinking_dumps,
     result = run_on_folder(pg_server, folder, pattern="*")
     assert result.outcome == "fail", result.message
     assert "of the 1 previous pg_dump custom backup(s)" in result.message
+
+
+def test_a_compressed_dump_after_uncompressed_ones_is_not_a_drop(pg_server, shrinking_dumps, tmp_path):
+    # Same rows, -Z0 three days then compressed: far smaller, and no data lost. The
+    # archive header says how each was compressed; only like is compared with like.
+    full, compressed = (shrinking_dumps[k].stat().st_size for k in ("full", "full_compressed"))
+    assert compressed * 2 < full
+    folder = backup_folder(tmp_path, shrinking_dumps, "full", "full", "full", "full_compressed")
+    result = run_on_folder(pg_server, folder)
+    assert result.outcome == "pass", result.message
+    assert "no previous pg_dump custom backup that the directory source lists" in result.message
+    # The uncompressed ones are still compared with each other (see the tests above).
 
 
 def test_first_real_dump_passes_and_says_so(pg_server, shrinking_dumps, tmp_path):
