@@ -169,8 +169,13 @@ def scan(folder: Path, pattern: str) -> BackupInfo:
     except OSError as exc:
         where = exc.filename or folder
         raise BackupSourceError(f"cannot read {where}: {exc.strerror or exc}") from None
+    details = {}
+    started = _archive_started(path, kind)
+    if started is not None:
+        details["archive_started_local"] = started.isoformat()
     return BackupInfo(
-        id=name, finished_at=_utc(mtime), size_bytes=size, kind=kind, location=str(path), previous_sizes=tuple(previous)
+        id=name, finished_at=_utc(mtime), size_bytes=size, kind=kind, location=str(path), details=details,
+        previous_sizes=tuple(previous),
     )
 
 
@@ -179,6 +184,19 @@ def _kind(path: Path, is_folder: bool) -> str:
 
 
 _ARCHIVE_KINDS = ("pg_dump custom", "pg_dump directory", "pg_dump tar")
+
+
+def _archive_started(path: Path, kind: str) -> datetime | None:
+    """When pg_dump started writing the archive (its host's local time, no zone): a copy
+    made without keeping file times (`cp`, `rsync` without -t) dates an old dump today."""
+    if kind not in _ARCHIVE_KINDS:
+        return None
+    from exporter.backups.readable import archive_header
+
+    try:
+        return archive_header(path, kind).started
+    except (BackupUnreadable, BackupSourceError):
+        return None
 
 
 def _size_kind(path: Path, kind: str) -> str:

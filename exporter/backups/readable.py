@@ -20,6 +20,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -119,6 +120,8 @@ class ArchiveHeader:
     server: str | None  # the dumped server's version
     # none, gzip, lz4 or zstd: a dump's size depends on it more than on its data
     compression: str = "unknown"
+    # When pg_dump started, in the dumping host's local time: the archive has no zone.
+    started: datetime | None = None
 
     @property
     def dumped_by_major(self) -> int | None:
@@ -182,15 +185,18 @@ def parse_archive_header(data: bytes) -> ArchiveHeader:
         compression = "gzip" if byte() != 0 else "none"
     else:
         compression = "unknown"
-    dumped_by = server = None
+    dumped_by = server = started = None
     if version >= (1, 4, 0):
-        for _ in range(7):  # the dump's start time: sec, min, hour, mday, mon, year, isdst
-            integer()
+        sec, minute, hour, mday, mon, year, _isdst = (integer() for _ in range(7))  # a struct tm
+        try:
+            started = datetime(year + 1900, mon + 1, mday, hour, minute, min(sec, 59))
+        except ValueError:
+            started = None  # not a date: the size and freshness checks do without it
         string()  # database name
     if version >= (1, 10, 0):
         server = string()
         dumped_by = string()
-    return ArchiveHeader(version, _ARCHIVE_FORMATS.get(fmt, f"format {fmt}"), dumped_by, server, compression)
+    return ArchiveHeader(version, _ARCHIVE_FORMATS.get(fmt, f"format {fmt}"), dumped_by, server, compression, started)
 
 
 def archive_header(path: Path, kind: str) -> ArchiveHeader:

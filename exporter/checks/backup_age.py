@@ -8,7 +8,7 @@ makes them ``error`` with the tool's words; one that answered "no backup" makes 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 from exporter.checks.base import Check, CheckContext
 from exporter.config import TargetConfig
@@ -39,6 +39,24 @@ class BackupCheck(Check):
         return None
 
 
+# A pg_dump archive records when it started in its host's local time, with no zone:
+# UTC is at most 12 h behind and 14 h ahead of any local time, and a dump may take
+# hours. Counted from the latest moment it can have finished, an age is never too old.
+ARCHIVE_TIME_SLACK = timedelta(hours=26)
+
+
+def _age_by_content(details: dict, now) -> timedelta | None:
+    """The least age the archive's own start time allows, or None without one."""
+    started = details.get("archive_started_local") if isinstance(details, dict) else None
+    if not isinstance(started, str):
+        return None
+    try:
+        local = datetime.fromisoformat(started)
+    except ValueError:
+        return None
+    return now - (local.replace(tzinfo=timezone.utc) + ARCHIVE_TIME_SLACK)
+
+
 class BackupAgeCheck(BackupCheck):
     name = "backup_age"
     title = "Newest backup is recent"
@@ -51,8 +69,15 @@ class BackupAgeCheck(BackupCheck):
         limits = ctx.target.backup
         expected = f"< {limits.warn_age_hours:g} h"
         age = ctx.now - info.finished_at
-        data = {"backup_age_seconds": age.total_seconds()}
         finished = info.finished_at.isoformat()
+        dated_by_content = _age_by_content(info.details, ctx.now)
+        if dated_by_content is not None and dated_by_content > age:
+            age = dated_by_content
+            finished = (
+                f"by the archive's own start time {info.details['archive_started_local']} (local time of the host that "
+                f"dumped it; the file is dated {finished}, a copy's date)"
+            )
+        data = {"backup_age_seconds": age.total_seconds()}
         if age < -CLOCK_SKEW_TOLERANCE:
             ahead = -age.total_seconds() / 60
             return self.warned(

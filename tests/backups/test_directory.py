@@ -312,3 +312,40 @@ def test_registry(tmp_path):
     assert source_for(NoBackup()) is None
     found = source_for(DirectoryBackup(source="directory", path=tmp_path))
     assert isinstance(found, DirectoryBackupSource) and found.name == "directory"
+
+
+# --- the archive's own date: a copy dated today of an old dump ---------------------------
+
+
+def _set_archive_year(path: Path, year: int) -> None:
+    """Rewrite the year of the start time in a custom archive's header (a struct tm,
+    pg_backup_archiver.c WriteHead), as a year-old dump would carry it."""
+    data = bytearray(path.read_bytes())
+    version, int_size = tuple(data[5:8]), data[8]
+    pos = 11 + (1 if version >= (1, 15, 0) else 1 + int_size)  # past the compression field
+    pos += 5 * (1 + int_size)  # sec, min, hour, mday, mon: each a sign byte and int_size bytes
+    data[pos] = 0
+    data[pos + 1:pos + 1 + int_size] = (year - 1900).to_bytes(int_size, "little")
+    path.write_bytes(bytes(data))
+
+
+def test_an_old_dump_copied_today_is_dated_by_its_archive(pg_server, archives, tmp_path):
+    from exporter.checks.backup_age import CHECK as AGE
+    from tests.backups.conftest import ARCHIVES
+    from tests.checks.helpers import check_once
+    from tests.conftest import make_target
+
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    shutil.copyfile(archives / ARCHIVES["custom"], folder / "app.dump")  # a fresh file date
+    target = make_target(pg_server.admin_dsn, checks={}, backup={"source": "directory", "path": str(folder)})
+    fresh = source_for(target.backup).lookup()
+    assert "archive_started_local" in fresh.info.details
+    assert check_once(AGE, target, backup=fresh).outcome == "pass"
+
+    _set_archive_year(folder / "app.dump", datetime.now(timezone.utc).year - 1)
+    old = source_for(target.backup).lookup()
+    assert old.info.details["archive_started_local"].startswith(str(datetime.now(timezone.utc).year - 1))
+    result = check_once(AGE, target, backup=old)
+    assert result.outcome == "fail", result.message
+    assert "by the archive's own start time" in result.message and "a copy's date" in result.message
