@@ -162,7 +162,7 @@ def scan(folder: Path, pattern: str) -> BackupInfo:
             try:
                 # Like with like: a weekly pg_basebackup next to daily dumps is no trend, and
                 # neither is a dump compressed after uncompressed ones (-Z0 then -Z9: 93% smaller).
-                if _size_kind(other, _kind(other, other_is_folder)) == trend_kind:
+                if trend_kind in _UNKNOWN_KINDS or _size_kind(other, _kind(other, other_is_folder)) == trend_kind:
                     previous.append(other_size)
             except FileNotFoundError:
                 continue  # rotated away since listed
@@ -184,6 +184,9 @@ def _kind(path: Path, is_folder: bool) -> str:
 
 
 _ARCHIVE_KINDS = ("pg_dump custom", "pg_dump directory", "pg_dump tar")
+# Content no backup tool wrote (a failed pg_dump's error text under the dump's name):
+# compared with every earlier entry, so that it is no first of its kind with nothing to fall short of.
+_UNKNOWN_KINDS = ("file", "folder")
 
 
 def _archive_started(path: Path, kind: str) -> datetime | None:

@@ -232,6 +232,17 @@ def test_a_compressed_dump_after_uncompressed_ones_is_not_a_drop(pg_server, shri
     # The uncompressed ones are still compared with each other (see the tests above).
 
 
+def test_an_error_message_in_place_of_the_newest_dump_is_compared_with_the_dumps(pg_server, shrinking_dumps, tmp_path):
+    # pg_dump failed and the job saved its error text under the dump's name, with
+    # min_size_mb 0: no kind of its own to start a trend, so it faces the dumps.
+    folder = backup_folder(tmp_path, shrinking_dumps, "full", "full", "full")
+    error = folder / "app-2026-01-09.dump"
+    error.write_bytes(b'pg_dump: error: connection to server failed: FATAL:  database "app" does not exist\n')
+    result = run_on_folder(pg_server, folder)
+    assert result.outcome == "fail", result.message
+    assert "of the 3 previous" in result.message
+
+
 def test_first_real_dump_passes_and_says_so(pg_server, shrinking_dumps, tmp_path):
     result = run_on_folder(pg_server, backup_folder(tmp_path, shrinking_dumps, "minus80"))
     assert result.outcome == "pass"
