@@ -82,9 +82,11 @@ RATIO_WINDOWS = {SHORT_WINDOW: 7, LONG_WINDOW: 30}
 SUCCESS_RATIOS_SQL = f"""
 SELECT kind, count(*) FILTER (WHERE verified_at >= %(since_short)s), count(*)
   FROM (SELECT verified_at,
-               CASE WHEN checks_passed + checks_failed = 0 THEN
-                         CASE WHEN error_details @> '[{{"name": "{CONNECTION_ENTRY}"}}]' THEN 'unreached'
-                              WHEN verification_details->>'kind' = 'accept_rows' THEN NULL
+               -- A run that never reached the database (its backup checks may have run
+               -- meanwhile: docs/daemon.md, outages) is not a verdict on the database.
+               CASE WHEN error_details @> '[{{"name": "{CONNECTION_ENTRY}"}}]' THEN 'unreached'
+                    WHEN checks_passed + checks_failed = 0 THEN
+                         CASE WHEN verification_details->>'kind' = 'accept_rows' THEN NULL
                               WHEN status = 'failure' THEN 'failure'
                               ELSE 'ok' END
                     WHEN status <> 'failure' THEN 'ok'

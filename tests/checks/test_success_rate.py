@@ -213,8 +213,10 @@ def test_runs_that_reached_nothing_are_left_out_and_counted_apart(demo_db, tmp_p
     healthy = [("critical_tables", "pass"), ("success_rate", "pass")]
     for day in range(4):
         record_run(demo_db, run_result(*healthy, days_ago=day + 0.5))
-    # An unreachable target, recorded straight away...
-    record_run(demo_db, run_result(days_ago=1.2, unreachable="connection refused"))
+    # An unreachable target, recorded straight away (its backup checks still ran: an
+    # outage run, docs/daemon.md; one of them even failed)...
+    record_run(demo_db, run_result(("backup_age", "pass"), ("backup_readable", "fail"), days_ago=1.2,
+                                   unreachable="connection refused"))
     # ...and an outage written back from the spool, as the daemon does.
     spool = Spool(tmp_path / "spool")
     spool.add("app", run_result(days_ago=1.3, unreachable="timeout expired"))
