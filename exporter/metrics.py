@@ -155,14 +155,14 @@ class SnapshotCollector(Collector):
         ratio = GaugeMetricFamily(
             "pgbv_success_ratio",
             "Share of verification runs over the window (7d, 30d) whose checks other than success_rate "
-            "did not fail (success or warning), 0 to 1; runs that reached neither the database nor the backups are left out "
+            "did not fail (success or warning), 0 to 1; runs that could not reach the database or the backups are left out "
             "(pgbv_unreached_runs); 0 when the window holds no counted run; computed from "
             "backup_verification_log when the snapshot is refreshed.",
             labels=["target", "window"],
         )
         unreached = GaugeMetricFamily(
             "pgbv_unreached_runs",
-            "Runs over the window (7d, 30d) that reached neither the database nor the backups (target "
+            "Runs over the window (7d, 30d) that could not reach the database or the backups (target "
             "unreachable, backup source not answering), left out of pgbv_success_ratio; computed from "
             "backup_verification_log when the snapshot is refreshed.",
             labels=["target", "window"],

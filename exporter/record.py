@@ -66,8 +66,8 @@ RATIO_WINDOWS = {SHORT_WINDOW: 7, LONG_WINDOW: 30}
 #              a failure whose error_details names success_rate alone is ok too);
 #   failure    one of its other checks failed or errored (or a failure row that does
 #              not say which: counted by its status);
-#   unreached  it reached neither the database (no check ran; error_details names the
-#              connection) nor a backup source that could answer: left out, counted apart;
+#   unreached  it could not reach the database (error_details names the connection; its
+#              backup checks may have run) or a backup source that could answer: left out, counted apart;
 #   NULL       not a run (an accept-rows entry: no checks, "kind": "accept_rows").
 # Rows written before this rule count the same way: their columns say it all.
 #

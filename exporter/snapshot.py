@@ -41,7 +41,7 @@ class TargetSnapshot:
     table_rows: dict[str, int] = field(default_factory=dict)
     rls_policies: dict[str, int] = field(default_factory=dict)
     success_ratio: dict[str, float | None] = field(default_factory=dict)  # window ("7d", "30d") -> share
-    # window -> runs that reached neither the database nor the backups, left out of the ratio
+    # window -> runs that could not reach the database or the backups, left out of the ratio
     unreached_runs: dict[str, int] = field(default_factory=dict)
     warn_age_seconds: float | None = None  # None when the target has no backup source
     max_age_seconds: float | None = None

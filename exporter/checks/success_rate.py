@@ -43,7 +43,7 @@ def _succeeded(runs: RunCounts) -> str:
 def _left_out(runs: RunCounts) -> str:
     if not runs.unreached:
         return ""
-    return (f"; {runs.unreached} run(s) that reached neither the database nor the backups "
+    return (f"; {runs.unreached} run(s) that could not reach the database or the backups "
             f"in {WINDOW_DAYS} days are left out")
 
 

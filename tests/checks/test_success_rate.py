@@ -1,7 +1,7 @@
 """success_rate (seed test 12) against a real log table: this target's runs and the
 legacy rows without a target count, other targets' runs do not; too little history
 passes and says so; a ratio below the floor warns and never fails. A run counts by
-the verdict of its other checks; runs that reached neither the database nor the
+the verdict of its other checks; runs that could not reach the database or the
 backups are left out and counted apart; accept-rows entries are not runs."""
 
 from datetime import datetime, timedelta, timezone
@@ -230,7 +230,7 @@ def test_runs_that_reached_nothing_are_left_out_and_counted_apart(demo_db, tmp_p
     result = check_once(CHECK, target, now=NOW)
     assert result.outcome == "pass", result.message
     assert (result.data["runs_7d"], result.data["success_ratio_7d"], result.data["unreached_runs_7d"]) == (4, 1.0, 3)
-    assert result.message.endswith("; 3 run(s) that reached neither the database nor the backups in 7 days are left out")
+    assert result.message.endswith("; 3 run(s) that could not reach the database or the backups in 7 days are left out")
     assert ratio_now(target) == 1.0
 
 
