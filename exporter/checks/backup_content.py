@@ -71,6 +71,9 @@ class _Archive:
     indexes: set[Key] = field(default_factory=set)  # indexes, and constraints backed by one
     functions: set[Key] = field(default_factory=set)
     children: dict[Key, list[Key]] = field(default_factory=lambda: defaultdict(list))  # partitions
+    attach_tags: set[Key] = field(default_factory=set)  # partitions with a TABLE ATTACH entry
+    matviews: set[Key] = field(default_factory=set)
+    matview_data: set[Key] = field(default_factory=set)
 
     @classmethod
     def of(cls, toc: ArchiveToc) -> _Archive:
@@ -107,7 +110,12 @@ class _Archive:
                     archive.policies[key(table)].add(toc.member_name(entry, table))
             elif entry.desc in _FUNCTION_DESCS:
                 archive.functions.add((entry.schema or "", entry.tag.partition("(")[0]))
+            elif entry.desc == "MATERIALIZED VIEW":
+                archive.matviews.add(key(entry))
+            elif entry.desc == "MATERIALIZED VIEW DATA":
+                archive.matview_data.add(key(entry))
             elif entry.desc == "TABLE ATTACH":
+                archive.attach_tags.add(key(entry))
                 # pg_dump 14+: "ALTER TABLE parent ATTACH PARTITION child", tagged with the
                 # child's name, depending on both tables.
                 tables = [by_id[d] for d in entry.dependencies if d in by_id and by_id[d].desc == "TABLE"]
@@ -132,6 +140,17 @@ class _Archive:
                 return matches[0]
         return None
 
+    def attached(self, partition: Key, parent: Key) -> bool | None:
+        """Whether the archive attaches partition to parent; None when it cannot say (a
+        plain script of pg_dump 13 or older: CREATE TABLE ... PARTITION OF, no entry
+        of its own, and a plain script has no dependencies)."""
+        if self.toc.has_oids:
+            return partition in self.children.get(parent, [])
+        if partition in self.attach_tags:
+            return True  # pg_dump 14+: a TABLE ATTACH entry tagged with the partition
+        major = (self.toc.dumped_by or "0").split(".")[0]
+        return False if major.isdigit() and int(major) >= 14 else None
+
     def leaves(self, table: Key) -> list[Key]:
         """The tables whose TABLE DATA holds table's rows: itself when it has data of its
         own or no partitions, else its partitions' leaves, as the archive knows them."""
@@ -154,75 +173,109 @@ def dsn_database(dsn: str) -> str:
     )
 
 
-# One statement for all tables, whatever their number: the leaf partitions of the
-# partitioned critical tables, the policies of the RLS tables, the OIDs of the
-# required indexes and functions, and the tables created after the dump.
+# One statement for all tables, whatever their number: the partitions of the
+# partitioned critical tables (with their parents), the policies of the RLS tables,
+# the OIDs of the required indexes and functions, the tables created after the dump,
+# and the first few tables older than the dump that the archive leaves out (a -t, -T,
+# -n or -N dump: the anti-join runs in the server, only the names found come back).
 _LIVE_SQL = """
-SELECT 'database', NULL::oid, NULL::name, pg_catalog.current_database()::name, NULL::oid
+SELECT 'database', NULL::oid, NULL::name, pg_catalog.current_database()::name, NULL::oid,
+       NULL::name, NULL::name, NULL::bool
 UNION ALL
-SELECT 'leaf', r.root, n.nspname, c.relname, c.oid
+SELECT 'partition', r.root, n.nspname, c.relname, c.oid, pn.nspname, pc.relname, c.relkind = 'r'
   FROM unnest(%(partitioned)s::oid[]) AS r(root)
  CROSS JOIN LATERAL pg_catalog.pg_partition_tree(r.root) AS t
   JOIN pg_catalog.pg_class AS c ON c.oid = t.relid
   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
- WHERE t.isleaf AND c.relkind = 'r'
+  JOIN pg_catalog.pg_class AS pc ON pc.oid = t.parentrelid
+  JOIN pg_catalog.pg_namespace AS pn ON pn.oid = pc.relnamespace
+ WHERE t.level > 0
 UNION ALL
-SELECT 'policy', p.polrelid, NULL, p.polname, p.oid
+SELECT 'policy', p.polrelid, NULL, p.polname, p.oid, NULL, NULL, NULL
   FROM pg_catalog.pg_policy AS p
  WHERE p.polrelid = ANY (%(rls)s::oid[])
 UNION ALL
-SELECT 'index', NULL, n.nspname, c.relname, c.oid
+SELECT 'index', NULL, n.nspname, c.relname, c.oid, NULL, NULL, NULL
   FROM pg_catalog.pg_class AS c
   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
  WHERE c.relkind IN ('i', 'I')
    AND (n.nspname, c.relname) IN (SELECT * FROM unnest(%(index_schemas)s::text[], %(index_names)s::text[]))
 UNION ALL
-SELECT 'function', NULL, n.nspname, p.proname, min(p.oid)
+SELECT 'function', NULL, n.nspname, p.proname, min(p.oid), NULL, NULL, NULL
   FROM pg_catalog.pg_proc AS p
   JOIN pg_catalog.pg_namespace AS n ON n.oid = p.pronamespace
  WHERE (n.nspname, p.proname) IN (SELECT * FROM unnest(%(function_schemas)s::text[], %(function_names)s::text[]))
  GROUP BY n.nspname, p.proname
 UNION ALL
-(SELECT 'new table', NULL, n.nspname, c.relname, c.oid
+(SELECT 'new table', NULL, n.nspname, c.relname, c.oid, NULL, NULL, NULL
    FROM pg_catalog.pg_class AS c
    JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
   WHERE c.oid > %(max_oid)s::oid AND c.relkind IN ('r', 'p')
     AND n.nspname <> 'information_schema' AND n.nspname !~ '^pg_'
   ORDER BY c.oid
   LIMIT %(limit)s)
+UNION ALL
+(SELECT 'left out', NULL, n.nspname, c.relname, c.oid, NULL, NULL, NULL
+   FROM pg_catalog.pg_class AS c
+   JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+  WHERE c.oid < %(max_oid)s::oid AND c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND n.nspname !~ '^pg_temp_'
+    AND n.nspname !~ '^pg_toast_temp_'
+    -- pg_dump leaves out the members of an extension (CREATE EXTENSION makes them).
+    AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend AS d
+                     WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = c.oid AND d.deptype = 'e')
+    AND (n.nspname, c.relname) NOT IN (
+          SELECT * FROM unnest(%(archive_schemas)s::text[], %(archive_names)s::text[]) AS a(s, t)
+           WHERE a.s IS NOT NULL AND a.t IS NOT NULL)
+  ORDER BY n.nspname, c.relname
+  LIMIT %(limit)s)
 """
+
+
+@dataclass
+class _Partition:
+    key: Key
+    oid: int
+    parent: Key
+    holds_rows: bool  # a leaf of relkind 'r' (a partitioned leaf has no partitions yet, no rows)
 
 
 @dataclass
 class _Live:
     database: str
-    leaves: dict[int, list[tuple[Key, int]]]  # partitioned table oid -> leaf partitions
+    partitions: dict[int, list[_Partition]]  # partitioned table oid -> every partition below it
     policies: dict[int, set[str]]  # table oid -> policy names
     index_oids: dict[Key, int]
     function_oids: dict[Key, int]
     new_tables: list[Key]
+    left_out: list[Key]  # older than the dump, not in it: the first MAX_NAMED + 1
 
 
 def _ask_live(conn, partitioned: list[int], rls: list[int], indexes: list[Key], functions: list[Key],
-              max_oid: int) -> _Live:
+              max_oid: int, archive_tables: list[Key]) -> _Live:
     rows = conn.execute(_LIVE_SQL, {
         "partitioned": partitioned, "rls": rls,
         "index_schemas": [k[0] for k in indexes], "index_names": [k[1] for k in indexes],
         "function_schemas": [k[0] for k in functions], "function_names": [k[1] for k in functions],
+        "archive_schemas": [k[0] for k in archive_tables], "archive_names": [k[1] for k in archive_tables],
         "max_oid": max_oid, "limit": MAX_NAMED + 1,
     }).fetchall()
-    live = _Live("", defaultdict(list), defaultdict(set), {}, {}, [])
-    for kind, owner, schema, name, oid in rows:
+    live = _Live("", defaultdict(list), defaultdict(set), {}, {}, [], [])
+    for kind, owner, schema, name, oid, parent_schema, parent_name, holds_rows in rows:
         if kind == "database":
             live.database = name
-        elif kind == "leaf":
-            live.leaves[int(owner)].append(((schema, name), int(oid)))
+        elif kind == "partition":
+            live.partitions[int(owner)].append(
+                _Partition((schema, name), int(oid), (parent_schema, parent_name), bool(holds_rows))
+            )
         elif kind == "policy":
             live.policies[int(owner)].add(name)
         elif kind == "index":
             live.index_oids[(schema, name)] = int(oid)
         elif kind == "function":
             live.function_oids[(schema, name)] = int(oid)
+        elif kind == "left out":
+            live.left_out.append((schema, name))
         else:
             live.new_tables.append((schema, name))
     return live
@@ -235,6 +288,11 @@ class _Findings:
         self.after_dump_keys: set[Key] = set()
         self.absent_keys: set[Key] = set()  # live tables already reported absent from the archive
         self.notes: list[str] = []
+        # Whether a live object missing from the archive may be taken as created after
+        # the dump: not for a dump of another database, nor for a selective dump.
+        self.created_after_allowed = True
+        self.other_database = False  # the archive is a dump of another database
+        self.rls_checked = 0  # RLS tables in the archive whose policies were compared
 
 
 class BackupContentCheck(BackupCheck):
@@ -333,8 +391,8 @@ class BackupContentCheck(BackupCheck):
         held = []
         if checked["critical_tables"]:
             held.append(counted(len(checked["critical_tables"]), "critical table") + " with their data")
-        if checked.get("rls_tables"):
-            held.append(f"row-level security and every live policy of {counted(len(checked['rls_tables']), 'table')}")
+        if found.rls_checked:
+            held.append(f"row-level security and every live policy of {counted(found.rls_checked, 'table')}")
         if checked.get("required_indexes"):
             held.append(counted(len(checked["required_indexes"]), "required index", "required indexes"))
         if checked.get("required_functions"):
@@ -368,6 +426,7 @@ class BackupContentCheck(BackupCheck):
             indexes=list(index_keys.values()), functions=list(function_keys.values()),
             # No OIDs (a plain dump): no table counts as created after it.
             max_oid=NO_OID_ABOVE if max_oid is None else max_oid,
+            archive_tables=list(archive.tables),
         )
         found = _Findings()
         if max_oid is None:
@@ -375,6 +434,20 @@ class BackupContentCheck(BackupCheck):
                 "a plain SQL dump carries no OIDs: objects created after it cannot be told apart and count as missing"
             )
         wanted_db = self._database(ctx, archive, live.database, found)
+        if archive.toc.database is not None and archive.toc.database != wanted_db:
+            # Another database's OIDs say nothing about when this one's tables were made.
+            found.created_after_allowed = False
+            found.other_database = True
+        elif max_oid is not None and live.left_out:
+            # A table older than the dump is not in it: pg_dump was told to leave tables
+            # out (-t, -T, -n, -N), so a missing table may be one more it left out.
+            found.created_after_allowed = False
+            more = " and more" if len(live.left_out) > MAX_NAMED else ""
+            found.notes.append(
+                "the dump leaves out tables that existed before it: "
+                f"{listing([_shown(k) for k in live.left_out[:MAX_NAMED]])}{more}, "
+                "so tables missing from it are not taken as created after it"
+            )
 
         def present(table_key: Key, oid: int, shown: str) -> bool:
             return self._present(archive, table_key, oid, shown, max_oid, found)
@@ -394,9 +467,18 @@ class BackupContentCheck(BackupCheck):
                         "(a --schema-only dump, or --exclude-table-data)"
                     )
                 continue
-            for leaf_key, leaf_oid in live.leaves.get(table.oid, []):
-                shown = f"{name} (partition {_shown(leaf_key)})"
-                if present(leaf_key, leaf_oid, shown) and leaf_key not in archive.with_data:
+            for part in live.partitions.get(table.oid, []):
+                shown = f"{name} (partition {_shown(part.key)})"
+                if not present(part.key, part.oid, shown):
+                    continue
+                if archive.attached(part.key, part.parent) is False:
+                    # Detached when pg_dump ran: a restore brings it back as a table of
+                    # its own, and its rows are not in the partitioned table.
+                    found.problems.append(
+                        f"{shown} is in the backup but not attached to {_shown(part.parent)} there "
+                        f"(detached when the dump ran?): a restored {name} lacks its rows"
+                    )
+                if part.holds_rows and part.key not in archive.with_data:
                     found.problems.append(f"{shown}: no TABLE DATA, the rows are not in the backup")
 
         for table in rls_live:
@@ -412,9 +494,12 @@ class BackupContentCheck(BackupCheck):
                 elif archive.find(keys, name) is None:
                     found.problems.append(f"{what} {name} is not in the backup (nor in the database)")
 
-        found.after_dump.extend(_shown(k) for k in live.new_tables[:MAX_NAMED] if k not in found.after_dump_keys)
-        if len(live.new_tables) > MAX_NAMED:
-            found.notes.append(f"more than {MAX_NAMED} tables were created after the dump")
+        if found.created_after_allowed:
+            found.after_dump.extend(
+                _shown(k) for k in live.new_tables[:MAX_NAMED] if k not in found.after_dump_keys
+            )
+            if len(live.new_tables) > MAX_NAMED:
+                found.notes.append(f"more than {MAX_NAMED} tables were created after the dump")
         checked = {
             "critical_tables": critical,
             "rls_tables": [t.requested for t in rls_live],
@@ -432,9 +517,11 @@ class BackupContentCheck(BackupCheck):
         if key in found.absent_keys:
             return False
         found.absent_keys.add(key)
-        if max_oid is not None and oid > max_oid:
+        if found.created_after_allowed and max_oid is not None and oid > max_oid:
             found.after_dump.append(shown)
             found.after_dump_keys.add(key)
+        elif found.other_database:
+            found.problems.append(f"{shown} is not in the backup")
         else:
             found.problems.append(f"{shown} is not in the backup (left out with -T or --exclude-table?)")
         return False
@@ -446,25 +533,24 @@ class BackupContentCheck(BackupCheck):
             return
         if key not in archive.row_security:
             found.problems.append(f"{table.requested}: no ENABLE ROW LEVEL SECURITY in the backup")
+        found.rls_checked += 1
         held = archive.policies.get(key, set())
+        # By name, whatever the counts: a live policy the archive lacks is missing from
+        # every restore of it, even when another policy took its place at dump time.
         missing = sorted(live_policies - held)
-        if len(held) < len(live_policies):
+        if missing:
+            extra = sorted(held - live_policies)
             found.problems.append(
                 f"{table.requested} has {counted(len(live_policies), 'policy', 'policies')} live, the backup "
                 f"{len(held)}; not in the backup: {listing(missing)}"
-            )
-        elif missing:
-            extra = sorted(held - live_policies)
-            found.notes.append(
-                f"{table.requested}: policies differ by name (live only: {listing(missing)}; "
-                f"backup only: {listing(extra)})"
+                + (f"; in the backup only: {listing(extra)}" if extra else "")
             )
 
     def _required(self, archive_keys: set[Key], key: Key, oid: int | None, what: str, max_oid: int | None,
                   found: _Findings) -> None:
         if key in archive_keys:
             return
-        if oid is not None and max_oid is not None and oid > max_oid:
+        if found.created_after_allowed and oid is not None and max_oid is not None and oid > max_oid:
             found.after_dump.append(f"{what} {_shown(key)}")
         else:
             found.problems.append(f"{what} {_shown(key)} is not in the backup")
@@ -473,10 +559,19 @@ class BackupContentCheck(BackupCheck):
 
     def _critical_offline(self, archive: _Archive, name: str, found: _Findings) -> None:
         key = archive.find(archive.tables, name)
-        if key is None:
-            found.problems.append(f"{name} is not in the backup")
-        else:
+        if key is not None:
             self._table_data(archive, key, name, found)
+            return
+        view = archive.find(archive.matviews, name)
+        if view is None:
+            found.problems.append(f"{name} is not in the backup")
+        elif view in archive.matview_data:
+            # critical_tables refuses it (not a table); what the backup holds of it is whole.
+            found.notes.append(f"{name} is a materialized view, not a table: it is in the backup with its data")
+        else:
+            found.problems.append(
+                f"{name} (materialized view): no MATERIALIZED VIEW DATA, it is restored empty until refreshed"
+            )
 
     def _compare_offline(self, ctx: CheckContext, backup_id: str, archive: _Archive) -> CheckResult:
         checks = ctx.target.checks

@@ -154,9 +154,9 @@ def dumped_in_between(dsn: str, folder: Path, before: list[str], after: list[str
     return run(target_for(dsn, folder))
 
 
-def test_rls_table_left_out_fails_once_and_a_new_one_is_mentioned(demo_db, tmp_path):
-    # audit, created after notes and dumped, is what tells notes apart from a new table: a
-    # table left out that was the very last object created looks new (docs/checks.md).
+def test_rls_table_left_out_fails_once_and_a_selective_dump_takes_nothing_as_new(demo_db, tmp_path):
+    # A -T dump leaves out tables older than it (notes, contacts): then "later", really
+    # created after the dump, cannot be told from one more table left out, and fails too.
     execute(demo_db, "CREATE TABLE notes (id int)", "ALTER TABLE notes ENABLE ROW LEVEL SECURITY",
             "CREATE POLICY notes_all ON notes USING (true)", "CREATE TABLE audit (id int)")
     dump(demo_db, tmp_path / "backups", "-T", "notes", "-T", "contacts")
@@ -167,8 +167,11 @@ def test_rls_table_left_out_fails_once_and_a_new_one_is_mentioned(demo_db, tmp_p
     assert result.observed["differences"] == [
         "contacts is not in the backup (left out with -T or --exclude-table?)",
         "notes is not in the backup (left out with -T or --exclude-table?)",
+        "later is not in the backup (left out with -T or --exclude-table?)",
     ]
-    assert result.observed["created_after_dump"] == ["later"]
+    assert result.observed["created_after_dump"] == []
+    assert ("the dump leaves out tables that existed before it: public.contacts, public.notes, so tables "
+            "missing from it are not taken as created after it") in result.message
 
 
 def test_policy_dropped_before_the_dump_and_recreated_after_fails_naming_it(demo_db, tmp_path):
@@ -193,9 +196,12 @@ def test_table_created_after_the_dump_passes_and_is_mentioned(demo_db, tmp_path)
     dump(demo_db, tmp_path / "backups")
     execute(demo_db, "CREATE TABLE invoices (id int PRIMARY KEY)", "INSERT INTO invoices VALUES (1)")
     checks = {**SEED_CHECKS, "critical_tables": [*SEED_CHECKS["critical_tables"], "invoices"]}
+    execute(demo_db, "ALTER TABLE invoices ENABLE ROW LEVEL SECURITY")
     result = run(target_for(demo_db, tmp_path / "backups", checks))
     assert result.outcome == "pass", result.message
     assert "created after the dump, so not in it (fine): invoices" in result.message
+    # Its policies were not compared: the message counts the 7 RLS tables the backup holds.
+    assert "every live policy of 7 tables" in result.message
     assert result.observed["created_after_dump"] == ["invoices"]
     # Not critical: still mentioned.
     result = run(target_for(demo_db, tmp_path / "backups"))
@@ -397,3 +403,107 @@ def test_postgresql_15_archive(pg15, tmp_path):
     dump(dsn, tmp_path / "excluded", "--exclude-table-data=contacts", pg_bin_dir=PG15_BIN)
     result = run(target_for(dsn, tmp_path / "excluded"))
     assert result.outcome == "fail" and "contacts: no TABLE DATA" in result.message
+
+
+# --- found by a DBA trial: false passes ---------------------------------------------
+
+
+def test_selective_dump_does_not_take_missing_tables_as_created_after(make_db, tmp_path):
+    """pg_dump -t of 2 of 4 critical tables: the 2 left out, made after pgbench's tables,
+    have OIDs above every one in the archive, yet they existed before the dump. What
+    gives the dump away: pgbench_history and pgbench_tellers, older than its newest
+    object, are not in it."""
+    dsn = make_db()
+    with psycopg.connect(dsn) as conn:
+        version = conn.info.server_version
+    run_tool(find_tool("pgbench", version), ["-i", "-s", "1", "-q", dsn], timeout=300)
+    execute(dsn, "CREATE TABLE events (id int, at date NOT NULL) PARTITION BY RANGE (at)",
+            "CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
+            "CREATE TABLE tenant_docs (id int PRIMARY KEY)", "ALTER TABLE tenant_docs ENABLE ROW LEVEL SECURITY",
+            "CREATE POLICY tenant_read ON tenant_docs USING (true)")
+    dump(dsn, tmp_path / "backups", "-t", "pgbench_accounts", "-t", "pgbench_branches")
+    checks = {"critical_tables": ["pgbench_accounts", "pgbench_branches", "events", "tenant_docs"],
+              "rls_tables": ["tenant_docs"]}
+    result = run(target_for(dsn, tmp_path / "backups", checks))
+    assert result.outcome == "fail", result.message
+    assert result.observed["differences"] == [
+        "events is not in the backup (left out with -T or --exclude-table?)",
+        "tenant_docs is not in the backup (left out with -T or --exclude-table?)",
+    ]
+    assert result.observed["created_after_dump"] == []
+    assert ("the dump leaves out tables that existed before it: public.pgbench_history, public.pgbench_tellers, "
+            "so tables missing from it are not taken as created after it") in result.message
+    assert run_offline(target_for(dsn, tmp_path / "backups", checks)).outcome == "fail"
+    # The whole database dumped: the same configuration passes.
+    dump(dsn, tmp_path / "whole")
+    result = run(target_for(dsn, tmp_path / "whole", checks))
+    assert result.outcome == "pass", result.message
+    assert "row-level security and every live policy of 1 table" in result.message
+
+
+def test_partition_detached_when_the_dump_ran_fails_naming_it(billing, tmp_path):
+    execute(billing, 'ALTER TABLE "Billing"."Invoices" DETACH PARTITION "Billing"."Invoices 2026"')
+    dump(billing, tmp_path / "backups")
+    execute(billing, """ALTER TABLE "Billing"."Invoices" ATTACH PARTITION "Billing"."Invoices 2026"
+                        FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')""")
+    result = run(target_for(billing, tmp_path / "backups", BILLING))
+    assert result.outcome == "fail", result.message
+    assert result.observed["differences"] == [
+        "Billing.Invoices (partition Billing.Invoices 2026) is in the backup but not attached to Billing.Invoices "
+        "there (detached when the dump ran?): a restored Billing.Invoices lacks its rows"
+    ]
+
+
+def test_nested_partition_detached_when_the_dump_ran_fails_naming_it(billing, tmp_path):
+    execute(billing, 'ALTER TABLE "Billing"."Invoices 2025" DETACH PARTITION "Billing"."Invoices 2025 H2"')
+    dump(billing, tmp_path / "backups", fmt="plain")
+    dump(billing, tmp_path / "custom")
+    execute(billing, """ALTER TABLE "Billing"."Invoices 2025" ATTACH PARTITION "Billing"."Invoices 2025 H2"
+                        FOR VALUES FROM ('2025-07-01') TO ('2026-01-01')""")
+    expected = ("Billing.Invoices (partition Billing.Invoices 2025 H2) is in the backup but not attached to "
+                "Billing.Invoices 2025 there (detached when the dump ran?): a restored Billing.Invoices lacks its rows")
+    for folder in ("custom", "backups"):  # the plain script: by its TABLE ATTACH comments
+        result = run(target_for(billing, tmp_path / folder, BILLING))
+        assert result.outcome == "fail" and expected in result.observed["differences"], (folder, result.message)
+
+
+def test_policy_swapped_at_dump_time_fails_whatever_the_counts(demo_db, tmp_path):
+    result = dumped_in_between(
+        demo_db, tmp_path / "backups",
+        ["DROP POLICY appointments_delete ON appointments",
+         "CREATE POLICY appointments_tmp ON appointments FOR DELETE USING (true)"],
+        ["DROP POLICY appointments_tmp ON appointments",
+         "CREATE POLICY appointments_delete ON appointments FOR DELETE USING (true)"],
+    )
+    assert result.outcome == "fail", result.message
+    assert result.observed["differences"] == [
+        "appointments has 5 policies live, the backup 5; not in the backup: appointments_delete; "
+        "in the backup only: appointments_tmp"
+    ]
+
+
+def test_dump_of_another_database_calls_nothing_created_after(make_db, tmp_path):
+    other = make_db()
+    execute(other, "CREATE TABLE appointments (id int)")
+    dump(other, tmp_path / "backups")
+    target = make_db(demo=True)  # younger: every table's OID is above the archive's
+    result = run(target_for(target, tmp_path / "backups"))
+    assert result.outcome == "fail"
+    assert result.observed["created_after_dump"] == [] and "created after" not in result.message
+    assert "contacts is not in the backup" in result.observed["differences"]
+
+
+def test_materialized_view_in_critical_tables_is_found_with_its_data(demo_db, tmp_path):
+    execute(demo_db, "CREATE MATERIALIZED VIEW busy_days AS SELECT 1 AS n")
+    checks = {**SEED_CHECKS, "critical_tables": [*SEED_CHECKS["critical_tables"], "busy_days"]}
+    dump(demo_db, tmp_path / "backups")
+    result = run(target_for(demo_db, tmp_path / "backups", checks))
+    assert result.outcome == "pass", result.message
+    assert "busy_days is a materialized view, not a table: it is in the backup with its data" in result.message
+    assert run_offline(target_for(demo_db, tmp_path / "backups", checks)).outcome == "pass"
+    dump(demo_db, tmp_path / "no-data", "--exclude-table-data=busy_days")
+    result = run(target_for(demo_db, tmp_path / "no-data", checks))
+    assert result.outcome == "fail", result.message
+    assert result.observed["differences"] == [
+        "busy_days (materialized view): no MATERIALIZED VIEW DATA, it is restored empty until refreshed"
+    ]
