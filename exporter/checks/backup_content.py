@@ -35,6 +35,7 @@ import getpass
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import ClassVar
 
@@ -281,6 +282,34 @@ def _ask_live(conn, partitioned: list[int], rls: list[int], indexes: list[Key], 
     return live
 
 
+def _seen_before_the_dump(ctx: CheckContext, names: list[str]) -> dict[str, str]:
+    """Per critical table, the earliest day pgbv's previous runs counted its rows
+    (verification_details.row_baseline, exporter/checks/row_counts.py), when that day is
+    surely before the dump started: the archive's start time is the dumping host's local
+    time of unknown zone (up to 14 hours either side of UTC), so the day must be at least
+    two days before that local day. Such a table existed when pg_dump ran, whatever its OID."""
+    started = ctx.backup.info.details.get("archive_started_local") if ctx.backup and ctx.backup.info else None
+    stored = (ctx.previous or {}).get("row_baseline")
+    tables = stored.get("tables") if isinstance(stored, dict) else None
+    if not isinstance(started, str) or not isinstance(tables, dict):
+        return {}
+    try:
+        latest = datetime.fromisoformat(started).date() - timedelta(days=2)
+    except ValueError:
+        return {}
+    seen: dict[str, str] = {}
+    for name in names:
+        days = []
+        for entry in tables.get(name) or []:
+            try:
+                days.append(date.fromisoformat(entry[0]))
+            except (TypeError, ValueError, IndexError, KeyError):
+                continue  # a damaged record is no evidence
+        if days and min(days) <= latest:
+            seen[name] = min(days).isoformat()
+    return seen
+
+
 class _Findings:
     def __init__(self) -> None:
         self.problems: list[str] = []
@@ -449,8 +478,10 @@ class BackupContentCheck(BackupCheck):
                 "so tables missing from it are not taken as created after it"
             )
 
+        seen_before = _seen_before_the_dump(ctx, critical)
+
         def present(table_key: Key, oid: int, shown: str) -> bool:
-            return self._present(archive, table_key, oid, shown, max_oid, found)
+            return self._present(archive, table_key, oid, shown, max_oid, found, seen_before.get(shown))
 
         for name in critical:
             table = tables.get(name)
@@ -509,7 +540,7 @@ class BackupContentCheck(BackupCheck):
         return self._verdict(backup_id, archive, found, wanted_db, checked, None)
 
     def _present(self, archive: _Archive, key: Key, oid: int, shown: str, max_oid: int | None,
-                 found: _Findings) -> bool:
+                 found: _Findings, seen_on: str | None = None) -> bool:
         """Whether the live table is in the archive; if not, a problem or a created-after
         note (once per table: a critical table is often an RLS table too)."""
         if key in archive.tables:
@@ -517,7 +548,11 @@ class BackupContentCheck(BackupCheck):
         if key in found.absent_keys:
             return False
         found.absent_keys.add(key)
-        if found.created_after_allowed and max_oid is not None and oid > max_oid:
+        if seen_on is not None and max_oid is not None and oid > max_oid:
+            found.problems.append(
+                f"{shown} is not in the backup, yet pgbv counted its rows on {seen_on}, before the dump was made"
+            )
+        elif found.created_after_allowed and max_oid is not None and oid > max_oid:
             found.after_dump.append(shown)
             found.after_dump_keys.add(key)
         elif found.other_database:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import psycopg
@@ -507,3 +507,30 @@ def test_materialized_view_in_critical_tables_is_found_with_its_data(demo_db, tm
     assert result.observed["differences"] == [
         "busy_days (materialized view): no MATERIALIZED VIEW DATA, it is restored empty until refreshed"
     ]
+
+
+def test_table_pgbv_counted_before_the_dump_is_not_taken_as_created_after(demo_db, tmp_path):
+    """The one case OIDs cannot tell: a table left out with -T that is also the newest
+    object of all. pgbv's own record of its rows, days before the dump, can."""
+    execute(demo_db, "CREATE TABLE ledger (id int)")
+    dump(demo_db, tmp_path / "backups", "-T", "ledger")
+    checks = {**SEED_CHECKS, "critical_tables": [*SEED_CHECKS["critical_tables"], "ledger"]}
+    target = target_for(demo_db, tmp_path / "backups", checks)
+    lookup = DirectoryBackupSource(target.backup).lookup()
+    started = datetime.fromisoformat(lookup.info.details["archive_started_local"]).date()
+
+    def seen(days_before: int):
+        day = (started - timedelta(days=days_before)).isoformat()
+        previous = {"row_baseline": {"window_days": 7, "tables": {"ledger": [[day, 10]]}}}
+        return check_once(CHECK, target, previous=previous, backup=lookup), day
+
+    result = check_once(CHECK, target, backup=lookup)
+    assert result.outcome == "pass" and result.observed["created_after_dump"] == ["ledger"]  # the known blind spot
+    result, day = seen(2)
+    assert result.outcome == "fail", result.message
+    assert result.observed["differences"] == [
+        f"ledger is not in the backup, yet pgbv counted its rows on {day}, before the dump was made"
+    ]
+    # The day before: the dump's host may be 14 hours ahead of UTC, so no evidence.
+    result, _ = seen(1)
+    assert result.outcome == "pass" and result.observed["created_after_dump"] == ["ledger"]
