@@ -11,16 +11,23 @@ entry is whole: that is backup_readable's full read.
 "Created after the dump" is told by OID. PostgreSQL hands out OIDs from one
 counter per cluster that only grows, so a live table (index, function) whose OID
 is greater than every OID the archive lists did not exist when pg_dump ran: it is
-mentioned, never a failure, as the design demands. This can mislead in two ways:
-after the counter wraps around (4 billion OIDs; pg_upgrade and dump/restore
+mentioned, never a failure, as the design demands. That holds only for a dump of
+the whole database: when a live user table older than the archive's newest OID is
+missing from it, pg_dump was told to leave tables out (-t, -T, -n, -N) and a missing
+table may be one more it left out, so nothing counts as created after such a dump
+(the message names the tables it leaves out); nor after a dump of another database.
+A critical table pgbv counted rows of (row_baseline) two days or more before the
+archive's start time existed when pg_dump ran, whatever its OID. What OIDs still get
+wrong: after the counter wraps around (4 billion OIDs; pg_upgrade and dump/restore
 migrations renumber too), a new table gets a small OID and is reported missing (a
 false alarm, never a false pass); and a critical table excluded with -T that was
-also the very last object created before the dump has, with everything that hangs
-off it, the greatest OID of all, so it is taken for a new table (a false pass that
-only a dump without any later object can produce). Policies get no such leniency:
-a policy missing from the archive is missing from every restore of it (the issue's
-"dropped before the dump, re-created after" case), so a live policy the archive
-lacks fails until the next dump carries it.
+also the very last object created before the dump, not yet seen by pgbv two days
+before it, looks new. Policies are compared by name and get no leniency: a policy
+missing from the archive is missing from every restore of it (the issue's "dropped
+before the dump, re-created after" case, or another policy in its place), so a live
+policy the archive lacks fails until the next dump carries it. A partition of a
+critical table must be attached to its parent in the archive: one detached when
+pg_dump ran comes back as a table of its own, its rows outside the parent.
 
 Without a connection to the target (the outage path, ctx.conn is None) the archive
 is compared with the configuration only: the database name from backup.database or
