@@ -331,6 +331,9 @@ class _Findings:
         self.rls_checked = 0  # RLS tables in the archive whose policies were compared
 
 
+PHYSICAL_KINDS = ("pg_basebackup",)
+
+
 class BackupContentCheck(BackupCheck):
     name = "backup_content"
     title = "Newest backup holds this database's tables, data, policies, indexes and functions"
@@ -341,6 +344,13 @@ class BackupContentCheck(BackupCheck):
         # Only the directory source yields pg_dump archives; pgBackRest, Barman and WAL-G
         # backups are physical copies of the whole cluster, with no table of contents.
         return target.backup.source == "directory"
+
+    def applies_to_run(self, ctx: CheckContext) -> bool:
+        # A base backup in the directory source is a physical copy of the whole cluster,
+        # with no table of contents to read: pg_verifybackup (backup_readable) and the
+        # physical drill prove it. A warning on every run would be an alarm that never clears.
+        info = ctx.backup.info if ctx.backup is not None else None
+        return super().applies_to_run(ctx) and not (info is not None and info.kind in PHYSICAL_KINDS)
 
     def run(self, ctx: CheckContext) -> CheckResult:
         problem = self.problem(ctx.backup)

@@ -315,6 +315,22 @@ def test_dsn_database_follows_libpq_defaults(monkeypatch):
     assert dsn_database("host=h user=u") == "fromenv"
 
 
+def test_a_base_backup_in_the_directory_source_is_not_its_business(demo_db, tmp_path):
+    # pg_basebackup folders have no table of contents: the check is not listed, instead
+    # of warning on every run of a target that keeps base backups in a folder.
+    folder = tmp_path / "backups" / "base-2026-12-01"
+    folder.mkdir(parents=True)
+    (folder / "backup_label").write_text("START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n")
+    (folder / "backup_manifest").write_text("{}")
+    target = target_for(demo_db, tmp_path / "backups")
+    lookup = DirectoryBackupSource(target.backup).lookup()
+    assert lookup.info.kind == "pg_basebackup"
+    ctx = CheckContext(target=target, conn=None, log_conn=None, backup=lookup, previous=None,
+                       now=datetime.now(timezone.utc))
+    assert CHECK.applies(target) and not CHECK.applies_to_run(ctx)
+    assert "backup_content" not in [c.name for c in verify_target(target, record_result=False).checks]
+
+
 def test_not_a_pg_dump_is_not_a_pass(demo_db, tmp_path):
     (tmp_path / "backups").mkdir()
     (tmp_path / "backups" / "app.bin").write_bytes(b"\0" * 100)
