@@ -321,7 +321,7 @@ class LeafStatistics:
     relpages: int  # pg_class: pages when reltuples was set
     pages: int | None  # pages now; read only when live is well above reltuples
     countable: bool  # this role may count the critical table: SELECT, and row-level security does not apply
-    empty: bool = False  # its main fork has no page: no row for certain (asked only when the figures say 0 or none)
+    empty: bool = False  # its main fork has no page: no row for certain (asked only when reltuples <= 0)
 
 
 # Leaves, not the parent: a partitioned table holds no rows itself, and autovacuum never
@@ -332,8 +332,8 @@ class LeafStatistics:
 # per table: 10,000 of them cost a second and could fill the lock table) is read only
 # for leaves with more live rows than autoanalyze lets pass (10 % + 50), the few whose
 # counters need checking against the pages (checks/row_counts.py). Likewise whether a
-# leaf has no page at all is asked only when its figures say empty or nothing (reltuples
-# 0 or -1, no live rows): a new partition autovacuum never analyzes, a truncated table.
+# leaf has no page at all is asked only when the catalog says empty or nothing
+# (reltuples 0, or -1: a new partition autovacuum never analyzes, a truncated table).
 # Size 0 means no row for certain, and needs no privilege on the table, so the
 # least-privilege role need not count it (count(*) would be refused).
 _LEAF_STATISTICS_SQL = """
@@ -355,7 +355,7 @@ SELECT leaf.unit, l.reltuples, s.live, s.changed, l.relpages,
        CASE WHEN l.reltuples >= 0 AND s.live > l.reltuples * 1.1 + 50
             THEN pg_catalog.pg_relation_size(l.oid) / pg_catalog.current_setting('block_size')::int END,
        leaf.countable,
-       CASE WHEN l.reltuples <= 0 OR s.live <= 0 THEN pg_catalog.pg_relation_size(l.oid) = 0 ELSE false END
+       CASE WHEN l.reltuples <= 0 THEN pg_catalog.pg_relation_size(l.oid) = 0 ELSE false END
   FROM leaf
   JOIN pg_catalog.pg_class AS l ON l.oid = leaf.oid
   CROSS JOIN LATERAL (

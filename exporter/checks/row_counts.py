@@ -16,7 +16,7 @@ How a table is counted (docs/checks.md, "Row counts"):
   shows a drop, then the smallest. A table this role may not read is counted only
   when nothing else can answer (see count_rows).
 - Not at all when every leaf has no page (pg_relation_size 0, asked only of leaves
-  whose figures say empty or nothing): 0 rows for certain, no privilege needed.
+  whose reltuples is 0 or -1): 0 rows for certain, no privilege needed.
 - A stale table that is not counted keeps the catalog's figure, which pgbv could not
   confirm: a warning naming it, and the figure does not move its baseline.
 
