@@ -229,6 +229,19 @@ def previous_baseline(previous: dict[str, Any] | None, today: date, window_days:
     return baseline
 
 
+def baseline_key_of(table: Table) -> str:
+    """The key of a table's baseline: the table itself (schema.name as the catalog spells
+    it), so a respelled critical_tables entry finds it. Runs recorded before were keyed by
+    the configured spelling (table.requested): look that up second."""
+    return table.qualified
+
+
+def entries_for(baseline: dict[str, Any], table: Table) -> Any:
+    """A table's stored baseline entries (row_baseline.tables), by either key; None when absent.
+    Also for other checks that read row_baseline (backup_content)."""
+    return baseline.get(baseline_key_of(table)) or baseline.get(table.requested)
+
+
 def with_count(entries: list[tuple[Day, int]], today: Day, count: int) -> list[tuple[Day, int]]:
     """The entries after seeing count today: a day is dropped once a later day has as
     many rows or more (it can no longer be the window's highest)."""
@@ -301,8 +314,7 @@ class RowCountsCheck(Check):
             return high > 0 and (high - rows) * 100 > limit * high
 
         def entries_of(table: Table) -> list[tuple[Day, int]]:
-            # Keyed by the table itself; runs recorded before that used the configured spelling.
-            return before.get(table.qualified) or before.get(table.requested) or []
+            return entries_for(before, table) or []
 
         def suspicious(table: Table, rows: float) -> bool:
             top = highest(entries_of(table))
@@ -314,12 +326,12 @@ class RowCountsCheck(Check):
 
         # Tables missing this run, no longer configured, or configured under another
         # spelling keep their baselines (aged out of the window unless failing).
-        used = {key for table in tables for key in (table.qualified, table.requested)}
+        used = {key for table in tables for key in (baseline_key_of(table), table.requested)}
         after, failing = _carried(ctx.previous, before, used, first_day)
         problems, unknown, compared, uncompared, accepted = [], [], 0, [], {}
         unconfirmed = set(seen.unconfirmed) | set(seen.uncountable)
         for table in tables:
-            name, key, count = table.requested, table.qualified, counts[table.requested]
+            name, key, count = table.requested, baseline_key_of(table), counts[table.requested]
             entries = entries_of(table)
             top = highest(entries)
             if count is None:
