@@ -524,3 +524,16 @@ def test_one_table_under_two_spellings_is_counted_once(demo_db):
     assert result.outcome == "pass", result.message
     assert result.message.startswith("12 rows in 2 critical tables")
     assert result.data["row_counts"] == {"contacts": 10, "agents": 2}
+
+
+def test_carried_baselines_are_bounded_newest_first(demo_db, monkeypatch):
+    from exporter.checks import row_counts
+
+    monkeypatch.setattr(row_counts, "MAX_CARRIED_TABLES", 2)
+    today = datetime.now(timezone.utc).date()
+    days = [(today - timedelta(days=back)).isoformat() for back in range(3)]
+    stored = {"row_baseline": {"window_days": 7, "tables": {
+        f"public.gone_{back}": [[day, 5]] for back, day in enumerate(days)}}}
+    result = check_once(CHECK, make_target(demo_db), previous=stored)
+    carried = [name for name in result.data["row_baseline"]["tables"] if name.startswith("public.gone_")]
+    assert carried == ["public.gone_0", "public.gone_1"]
