@@ -321,6 +321,7 @@ class LeafStatistics:
     relpages: int  # pg_class: pages when reltuples was set
     pages: int | None  # pages now; read only when live is well above reltuples
     countable: bool  # this role may count the critical table: SELECT, and row-level security does not apply
+    empty: bool = False  # its main fork has no page: no row for certain (asked only when reltuples <= 0)
 
 
 # Leaves, not the parent: a partitioned table holds no rows itself, and autovacuum never
@@ -330,7 +331,11 @@ class LeafStatistics:
 # would build a row for every table in the database. The size (a lock and a file look-up
 # per table: 10,000 of them cost a second and could fill the lock table) is read only
 # for leaves with more live rows than autoanalyze lets pass (10 % + 50), the few whose
-# counters need checking against the pages (checks/row_counts.py).
+# counters need checking against the pages (checks/row_counts.py). Likewise whether a
+# leaf has no page at all is asked only when the catalog says empty or nothing
+# (reltuples 0, or -1: a new partition autovacuum never analyzes, a truncated table).
+# Size 0 means no row for certain, and needs no privilege on the table, so the
+# least-privilege role need not count it (count(*) would be refused).
 _LEAF_STATISTICS_SQL = """
 WITH me AS (
     SELECT r.rolsuper OR r.rolbypassrls AS bypasses_rls FROM pg_catalog.pg_roles AS r WHERE r.rolname = current_user
@@ -349,7 +354,8 @@ WITH me AS (
 SELECT leaf.unit, l.reltuples, s.live, s.changed, l.relpages,
        CASE WHEN l.reltuples >= 0 AND s.live > l.reltuples * 1.1 + 50
             THEN pg_catalog.pg_relation_size(l.oid) / pg_catalog.current_setting('block_size')::int END,
-       leaf.countable
+       leaf.countable,
+       CASE WHEN l.reltuples <= 0 THEN pg_catalog.pg_relation_size(l.oid) = 0 ELSE false END
   FROM leaf
   JOIN pg_catalog.pg_class AS l ON l.oid = leaf.oid
   CROSS JOIN LATERAL (
@@ -366,6 +372,6 @@ def leaf_statistics(conn: psycopg.Connection, tables: list[Table]) -> list[LeafS
     rows = conn.execute(_LEAF_STATISTICS_SQL, {"oids": oids}).fetchall()
     return [
         LeafStatistics(int(r[0]), float(r[1]), int(r[2] or 0), int(r[3] or 0), int(r[4] or 0),
-                       None if r[5] is None else int(r[5]), bool(r[6]))
+                       None if r[5] is None else int(r[5]), bool(r[6]), bool(r[7]))
         for r in rows
     ]

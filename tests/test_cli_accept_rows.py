@@ -120,3 +120,21 @@ def test_row_count_keys_are_bounded(tmp_path):
             load(**{key: value})
         message = str(info.value)
         assert f"checks.{key}" in message and len(message) < 300 and "\n" not in message.strip(), message
+
+
+def test_one_recorded_run_with_other_critical_tables_keeps_the_rest_of_the_baseline(demo_db, backup_dir, tmp_path):  # noqa: F811
+    # A DBA's one-off run for a single table (as with PGBV_TARGETS__0__CHECKS__CRITICAL_TABLES),
+    # recorded like any run, must not make the next run forget the other tables' counts.
+    checks = dict(SEED_CHECKS, min_database_size_mb=1, min_success_ratio=0)
+    config = write_config(tmp_path, [target_entry(demo_db, backup_dir, checks=checks)])
+    assert verify_json(config)[0] == 0
+    one = tmp_path / "one"
+    one.mkdir()
+    single = write_config(one, [target_entry(demo_db, backup_dir, checks=dict(checks, critical_tables=["contacts"]))])
+    assert verify_json(single)[0] == 0
+
+    execute(demo_db, HALF_THE_CHUNKS)
+    code, report = verify_json(config)
+    check = row_counts_of(report)
+    assert code == 2 and check["outcome"] == "fail", check
+    assert "knowledge_base_chunks has 4 rows, 50.0% below its highest count" in check["message"]

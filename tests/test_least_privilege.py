@@ -22,7 +22,7 @@ from exporter.config import Settings
 from exporter.daemon import Daemon
 from exporter.pgtools import find_tool
 from exporter.verify import verify_target
-from tests.conftest import SEED_CHECKS, make_target
+from tests.conftest import MIGRATIONS, SEED_CHECKS, execute, make_target
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE_SQL = ROOT / "sql" / "roles" / "pgbv_role.sql"
@@ -87,6 +87,9 @@ def target_data(dsn: str, backups: Path, **checks) -> dict:
 
 def test_the_role_runs_every_check_and_records_its_run(demo_db, dump, role, pg_server, tmp_path):
     name, _ = role
+    # A database made from a template starts with its counters reset; on a live server
+    # autovacuum has set them. Without them this role could not confirm a count (a warning).
+    execute(demo_db, "ANALYZE")
     proc = grant(demo_db, role, "password=Role-Pa55-only-here")
     assert "NOTICE" not in proc.stderr and "ERROR" not in proc.stderr
     # Safe to run again (roles are cluster-wide; a second database, a re-run by a DBA).
@@ -171,6 +174,7 @@ def test_exact_counts_need_the_optional_grants_and_never_miscount(demo_db, dump,
     SELECT (and BYPASSRLS for a table with row-level security) it passes."""
     name, _ = role
     with psycopg.connect(demo_db, autocommit=True) as conn:
+        conn.execute("ANALYZE")  # the seed tables' counters, as autovacuum sets them on a live server
         conn.execute("CREATE TABLE fresh (id int PRIMARY KEY)")
         conn.execute("INSERT INTO fresh SELECT generate_series(1, 3)")
         conn.execute("ALTER TABLE fresh ENABLE ROW LEVEL SECURITY")
@@ -218,3 +222,64 @@ def test_migrations_never_pick_up_the_role_script():
     files = migration_files()
     assert files and all(path.parent.name == "sql" and path.suffix == ".sql" for path in files)
     assert ROLE_SQL.name not in {path.name for path in files}
+
+
+def test_an_empty_new_partition_needs_no_count(demo_db, role):
+    """A new, empty partition is never analyzed (reltuples -1): the role may not count it,
+    but a relation with no page holds no row, and that needs no privilege."""
+    name, _ = role
+    execute(demo_db, "ANALYZE",
+            "CREATE TABLE events (id int, at date NOT NULL) PARTITION BY RANGE (at)",
+            "CREATE TABLE events_2026_03 PARTITION OF events FOR VALUES FROM ('2026-03-01') TO ('2026-04-01')",
+            "INSERT INTO events SELECT g, date '2026-03-01' + (g % 28) FROM generate_series(1, 3000) g",
+            "SELECT pg_stat_force_next_flush()", "ANALYZE events_2026_03",
+            "CREATE TABLE events_2026_04 PARTITION OF events FOR VALUES FROM ('2026-04-01') TO ('2026-05-01')")
+    grant(demo_db, role)
+    target = make_target(as_user(demo_db, name), checks={**SEED_CHECKS, "critical_tables": ["events", "call_logs"]})
+    check = verify_target(target, record_result=False).check("row_counts")
+    assert check.outcome == "pass", check
+    assert check.data["row_counts"] == {"events": 3000, "call_logs": 4}
+
+    execute(demo_db, "TRUNCATE call_logs")  # a critical table emptied: still a failure, not an error
+    check = verify_target(target, record_result=False).check("row_counts")
+    assert check.outcome == "fail" and "call_logs is empty" in check.message, check
+    execute(demo_db, "TRUNCATE events")
+    check = verify_target(target, record_result=False).check("row_counts")
+    assert check.outcome == "fail" and "events is empty" in check.message, check
+
+
+@pytest.fixture
+def crashable():
+    from tests.pgcluster import Cluster
+
+    cluster = Cluster()
+    cluster.start()
+    yield cluster
+    cluster.destroy()
+
+
+def test_a_crash_after_a_mass_delete_is_a_warning_not_a_pass(crashable, tmp_path):
+    """80 % of pgbench_accounts deleted, then a crash resets the counters: the catalog
+    still says 200,000 and the role may not count(*). That is not a pass."""
+    from exporter.pgtools import run_tool
+
+    dsn = crashable.dsn()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for migration in MIGRATIONS:
+            conn.execute(migration.read_text())
+    run_tool(find_tool("pgbench"), ["-i", "-s", "2", "--quiet", dsn], timeout=300)
+    execute(dsn, "VACUUM ANALYZE pgbench_accounts", "DELETE FROM pgbench_accounts WHERE aid > 40000", "CHECKPOINT")
+    name = f"pgbv_lp_{uuid.uuid4().hex[:10]}"
+    proc = psql(dsn, f"role={name}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    crashable.stop()  # -m immediate: a crash
+    crashable.start()
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT reltuples, pg_stat_get_live_tuples(oid) FROM pg_class"
+                            " WHERE relname = 'pgbench_accounts'").fetchone() == (200000, 0)
+    target = make_target(as_user(dsn, name), checks={"critical_tables": ["pgbench_accounts", "pgbench_branches"]})
+    check = verify_target(target, record_result=False).check("row_counts")
+    assert check.outcome == "warn", check
+    # Every table's counters were reset: pgbench_branches (2 rows) cannot be confirmed either.
+    assert ("row count not confirmed for pgbench_accounts, pgbench_branches: statistics stale "
+            "(counters reset or not yet analyzed) and the role may not count them: grant SELECT or run ANALYZE") in check.message

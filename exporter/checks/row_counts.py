@@ -15,12 +15,20 @@ How a table is counted (docs/checks.md, "Row counts"):
   MAX_EXACT_COUNTS per run; stale and empty ones first, then those whose estimate
   shows a drop, then the smallest. A table this role may not read is counted only
   when nothing else can answer (see count_rows).
+- Not at all when every leaf has no page (pg_relation_size 0, asked only of leaves
+  whose reltuples is 0 or -1): 0 rows for certain, no privilege needed.
+- A stale table that is not counted keeps the catalog's figure, which pgbv could not
+  confirm: a warning naming it, and the figure does not move its baseline.
 
 A drop is measured from the highest count of the last checks.row_drop_window_days
 days, carried from run to run in verification_details.row_baseline (per table, the
 days whose maximum is not exceeded by a later day: one entry for a table that only
-grows). While a table fails, its highest count is kept as the baseline, so the
-failure stays until `pgbv accept-rows` takes the current count as the new baseline.
+grows), keyed by the table (schema.name from the catalog; runs recorded before were
+keyed by the configured spelling, still read). While a table fails, its highest count
+is kept as the baseline, so the failure stays until `pgbv accept-rows` takes the
+current count as the new baseline. Tables not counted in a run (another
+critical_tables list for one run) keep their baselines unchanged, until they age out
+of the window (a failing one does not).
 """
 
 from __future__ import annotations
@@ -54,6 +62,9 @@ class RowCounts:
     counts: dict[str, int | None] = field(default_factory=dict)  # by the name asked for; None: unknown
     methods: dict[str, str] = field(default_factory=dict)  # exact | estimate | unknown
     stale: list[str] = field(default_factory=list)  # names whose statistics could not be trusted
+    # Stale and not counted: the figure is the catalog's, which pgbv could not confirm.
+    unconfirmed: list[str] = field(default_factory=list)  # the role may count them, but the limit was reached
+    uncountable: list[str] = field(default_factory=list)  # the role may not count them
 
 
 def _leaf_estimate(leaf: LeafStatistics) -> tuple[float, bool]:
@@ -89,6 +100,7 @@ class _Estimate:
     trusted: bool = True  # every leaf's counters agree with the catalog
     catalog: float | None = 0.0  # the leaves' reltuples; None when one has none (-1)
     countable: bool = True  # this role may count the table exactly
+    empty: bool = True  # no leaf has a page: no row for certain, nothing to count
 
     @property
     def needs_count(self) -> bool:
@@ -101,12 +113,15 @@ class _Estimate:
 def _estimates(conn, tables: list[Table]) -> dict[int, _Estimate]:
     by_table = {table.oid: _Estimate() for table in tables}
     for leaf in leaf_statistics(conn, tables):
-        rows, trusted = _leaf_estimate(leaf)
         estimate = by_table[leaf.table_oid]
+        estimate.countable = leaf.countable
+        estimate.empty = estimate.empty and leaf.empty
+        if leaf.empty:
+            continue  # no page, no row: certain, whatever its statistics say (a new partition has none)
+        rows, trusted = _leaf_estimate(leaf)
         estimate.rows += rows
         estimate.trusted = estimate.trusted and trusted
         estimate.catalog = None if estimate.catalog is None or leaf.reltuples < 0 else estimate.catalog + leaf.reltuples
-        estimate.countable = leaf.countable
     return by_table
 
 
@@ -126,12 +141,15 @@ def count_rows(
     least-privilege role of docs/deploy.md) is counted only when nothing else can
     answer (no estimate at all, or one that says empty), and then is an error
     naming the permission, as before; a small or stale one uses its estimate (the
-    catalog's when the counters are stale)."""
+    catalog's when the counters are stale: listed in uncountable). A table with no
+    page is 0 rows, without a count."""
     estimates = _estimates(conn, tables)
     unique = list({table.oid: table for table in tables}.values())
 
     def wanted(table: Table) -> bool:
         estimate = estimates[table.oid]
+        if estimate.empty:
+            return False
         if estimate.needs_count:
             return True
         return estimate.countable and (not estimate.trusted or estimate.rows < exact_count_max_rows)
@@ -148,6 +166,9 @@ def count_rows(
     for table in tables:
         name = table.requested
         estimate = estimates[table.oid]
+        if estimate.empty:  # no page: as certain as a count, and no privilege needed
+            out.counts[name], out.methods[name] = 0, "exact"
+            continue
         if not estimate.trusted:
             out.stale.append(name)
         if table.oid in exact:
@@ -156,6 +177,7 @@ def count_rows(
             out.counts[name], out.methods[name] = round(estimate.rows), "estimate"
         elif not estimate.needs_count:
             out.counts[name], out.methods[name] = round(estimate.catalog), "estimate"
+            (out.unconfirmed if estimate.countable else out.uncountable).append(name)
         else:
             out.counts[name], out.methods[name] = None, "unknown"
     return out
@@ -207,6 +229,19 @@ def previous_baseline(previous: dict[str, Any] | None, today: date, window_days:
     return baseline
 
 
+def baseline_key_of(table: Table) -> str:
+    """The key of a table's baseline: the table itself (schema.name as the catalog spells
+    it), so a respelled critical_tables entry finds it. Runs recorded before were keyed by
+    the configured spelling (table.requested): look that up second."""
+    return table.qualified
+
+
+def entries_for(baseline: dict[str, Any], table: Table) -> Any:
+    """A table's stored baseline entries (row_baseline.tables), by either key; None when absent.
+    Also for other checks that read row_baseline (backup_content)."""
+    return baseline.get(baseline_key_of(table)) or baseline.get(table.requested)
+
+
 def with_count(entries: list[tuple[Day, int]], today: Day, count: int) -> list[tuple[Day, int]]:
     """The entries after seeing count today: a day is dropped once a later day has as
     many rows or more (it can no longer be the window's highest)."""
@@ -220,11 +255,33 @@ def highest(entries: list[tuple[Day, int]]) -> tuple[Day, int] | None:
     return max(entries, key=lambda entry: (entry[1], entry[0])) if entries else None
 
 
-def _stored(baseline: Baseline, window_days: int) -> dict[str, Any]:
+# Tables not counted this run (no longer configured, or configured under another
+# spelling for one run) whose baselines are carried forward: a bound on the stored size.
+MAX_CARRIED_TABLES = 10_000
+
+
+def _stored(baseline: Baseline, window_days: int, failing: set[str]) -> dict[str, Any]:
     return {
         "window_days": window_days,
         "tables": {name: [[day, count] for day, count in entries] for name, entries in baseline.items()},
+        "failing": sorted(failing & baseline.keys()),
     }
+
+
+def _carried(previous: dict[str, Any] | None, before: Baseline, used: set[str], first: Day) -> tuple[Baseline, set[str]]:
+    """Baselines of the tables this run did not count, unchanged: one run with another
+    critical_tables list must not wipe them. Kept while a day of theirs is inside the
+    window, or while they were failing; at most MAX_CARRIED_TABLES, the newest first."""
+    stored = (previous or {}).get("row_baseline")
+    listed = stored.get("failing") if isinstance(stored, dict) else None
+    failing = {name for name in listed if isinstance(name, str)} if isinstance(listed, list) else set()
+    kept = [
+        (name, entries) for name, entries in before.items()
+        if name not in used and (name in failing or max(entries)[0] >= first)
+    ]
+    kept.sort(key=lambda item: max(item[1])[0], reverse=True)
+    carried = dict(kept[:MAX_CARRIED_TABLES])
+    return carried, failing & carried.keys()
 
 
 class RowCountsCheck(Check):
@@ -239,45 +296,59 @@ class RowCountsCheck(Check):
         checks = ctx.target.checks
         names = list(dict.fromkeys(checks.critical_tables))
         found = ctx.tables(names)
-        tables = [found[name] for name in names if name in found]
+        # One table named twice (pgbench_accounts, public.pgbench_accounts) is counted
+        # once, under the first spelling.
+        by_oid: dict[int, Table] = {}
+        for name in names:
+            if name in found:
+                by_oid.setdefault(found[name].oid, found[name])
+        tables = list(by_oid.values())
         missing = [name for name in names if name not in found]
         limit, window = checks.max_row_drop_percent, checks.row_drop_window_days
         before = previous_baseline(ctx.previous, ctx.now.date(), window)
         today = ctx.now.date().isoformat()
+        first_day = (ctx.now.date() - timedelta(days=window - 1)).isoformat()
         accept: Acceptance | None = ctx.accept
 
         def dropped(rows: float, high: int) -> bool:
             return high > 0 and (high - rows) * 100 > limit * high
 
+        def entries_of(table: Table) -> list[tuple[Day, int]]:
+            return entries_for(before, table) or []
+
         def suspicious(table: Table, rows: float) -> bool:
-            top = highest(before.get(table.requested, []))
+            top = highest(entries_of(table))
             return top is not None and dropped(rows, top[1])
 
         seen = count_rows(ctx.conn, tables, checks.exact_count_max_rows, suspicious)
         counts = seen.counts
         allowed_empty = set(checks.allow_empty_tables)
 
-        # A table missing this run keeps its baseline; one no longer configured drops out.
-        after: Baseline = {name: before[name] for name in missing if name in before}
+        # Tables missing this run, no longer configured, or configured under another
+        # spelling keep their baselines (aged out of the window unless failing).
+        used = {key for table in tables for key in (baseline_key_of(table), table.requested)}
+        after, failing = _carried(ctx.previous, before, used, first_day)
         problems, unknown, compared, uncompared, accepted = [], [], 0, [], {}
+        unconfirmed = set(seen.unconfirmed) | set(seen.uncountable)
         for table in tables:
-            name, count = table.requested, counts[table.requested]
-            entries = before.get(name, [])
+            name, key, count = table.requested, baseline_key_of(table), counts[table.requested]
+            entries = entries_of(table)
             top = highest(entries)
             if count is None:
                 unknown.append(name)
                 if entries:
-                    after[name] = entries
+                    after[key] = entries
                 continue
             if accept is not None and accept.covers(table):
                 accepted[name] = {"from": top[1] if top else None, "to": count}
-                after[name] = [(today, count)]
+                after[key] = [(today, count)]
                 continue
             if count == 0 and not {name, table.qualified} & allowed_empty:
                 problems.append(f"{name} is empty")
             if top is None:
                 uncompared.append(name)
-                after[name] = [(today, count)]
+                if name not in unconfirmed:
+                    after[key] = [(today, count)]
                 continue
             compared += 1
             if dropped(count, top[1]):
@@ -287,9 +358,12 @@ class RowCountsCheck(Check):
                     f"{counted(window, 'day')} ({top[1]} on {top[0]}; more than {limit:g}%)"
                 )
                 # Kept until a person accepts the new count: the drop must not become the norm.
-                after[name] = [(today, top[1])]
+                after[key] = [(today, top[1])]
+                failing.add(key)
+            elif name in unconfirmed:
+                after[key] = entries  # a figure pgbv could not confirm does not move the baseline
             else:
-                after[name] = with_count(entries, today, count)
+                after[key] = with_count(entries, today, count)
 
         exact = [name for name, method in seen.methods.items() if method == "exact"]
         total = sum(count for count in counts.values() if count is not None)
@@ -315,16 +389,26 @@ class RowCountsCheck(Check):
                 f"row count unknown for {listing(unknown)}: statistics never gathered or reset, and more than "
                 f"{MAX_EXACT_COUNTS} tables needed an exact count this run (run ANALYZE)"
             )
+        if seen.uncountable:
+            parts.append(
+                f"row count not confirmed for {listing(seen.uncountable)}: statistics stale (counters reset or not yet "
+                f"analyzed) and the role may not count them: grant SELECT or run ANALYZE"
+            )
+        if seen.unconfirmed:
+            parts.append(
+                f"row count not confirmed for {listing(seen.unconfirmed)}: statistics stale (counters reset or not yet "
+                f"analyzed) and more than {MAX_EXACT_COUNTS} tables needed an exact count this run (run ANALYZE)"
+            )
         if missing:
             parts.append(f"not found (see critical_tables): {listing(missing)}")
 
-        outcome = "fail" if problems else "warn" if unknown else "pass"
+        outcome = "fail" if problems else "warn" if unknown or unconfirmed else "pass"
         expected = {
             "min_rows": 1, "allow_empty_tables": sorted(allowed_empty), "max_row_drop_percent": limit,
             "row_drop_window_days": window, "exact_count_max_rows": checks.exact_count_max_rows,
         }
         data: dict[str, Any] = {
-            "row_counts": counts, "row_count_methods": seen.methods, "row_baseline": _stored(after, window),
+            "row_counts": counts, "row_count_methods": seen.methods, "row_baseline": _stored(after, window, failing),
         }
         if seen.stale:
             data["stale_statistics"] = seen.stale

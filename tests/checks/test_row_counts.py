@@ -224,11 +224,25 @@ def test_lock_timeout_is_an_error(demo_db):
 
 
 def test_no_select_privilege_is_an_error(demo_db, pg_server):
-    _sql(demo_db, "TRUNCATE call_logs")
+    # Rows, and no statistics to go by: only count(*) could say how many.
+    _sql(demo_db, "CREATE TABLE fresh (id int) WITH (autovacuum_enabled = false)",
+         "INSERT INTO fresh SELECT generate_series(1, 3)")
     with role_without_privileges(pg_server, dbname(demo_db)) as role:
-        result = check_once(CHECK, make_target(as_user(demo_db, role)))
+        result = check_once(CHECK, make_target(as_user(demo_db, role), checks={"critical_tables": ["fresh"]}))
     assert result.outcome == "error"
     assert result.message.startswith("permission denied")
+
+
+def test_an_empty_table_is_known_without_privileges(demo_db, pg_server):
+    # A truncated table has no statistics (reltuples -1) but no page either: empty for
+    # certain, without the count(*) this role may not run.
+    _sql(demo_db, "TRUNCATE call_logs")
+    with role_without_privileges(pg_server, dbname(demo_db)) as role:
+        result = check_once(CHECK, make_target(as_user(demo_db, role),
+                                               checks={"critical_tables": ["call_logs"]}))
+    assert result.outcome == "fail", result.message
+    assert "call_logs is empty" in result.message
+    assert result.data["row_counts"] == {"call_logs": 0}
 
 
 def test_rows_hidden_by_row_level_security_are_an_error_not_an_empty_table(demo_db, pg_server):
@@ -386,7 +400,8 @@ def test_the_window_forgets_counts_older_than_it(demo_db):
     stored = {"row_baseline": {"window_days": 7, "tables": {"appointments": [[old, 400], [recent, 24]]}}}
     result = check_once(CHECK, target, previous=stored)
     assert result.outcome == "pass", result.message
-    assert result.data["row_baseline"]["tables"]["appointments"] == [[recent, 24], [today.isoformat(), 23]]
+    # Read by the configured spelling (runs before baselines were keyed by the table), stored by the table.
+    assert result.data["row_baseline"]["tables"]["public.appointments"] == [[recent, 24], [today.isoformat(), 23]]
     wide = make_target(demo_db, checks=checks_with(row_drop_window_days=8))
     assert check_once(CHECK, wide, previous=stored).outcome == "fail"
 
@@ -441,3 +456,84 @@ def test_healthy_pgbench_database_passes_run_after_run(make_db, pg_server):
         third = check_once(CHECK, target, previous=baseline_of(second))
         assert third.outcome == "fail", third.message
         assert "pgbench_accounts has 20000 rows, 80.0% below" in third.message
+
+
+def test_stale_statistics_the_role_may_not_count_warn_naming_the_table(make_db, pg_server):
+    # 80 % deleted, then the counters reset (as a crash does): the catalog still says
+    # 5000 and this role may not count(*). That figure is no confirmed count.
+    dsn = make_db()
+    _sql(dsn, "CREATE TABLE orders (id int) WITH (autovacuum_enabled = false)",
+         "INSERT INTO orders SELECT generate_series(1, 5000)", "SELECT pg_stat_force_next_flush()",
+         "ANALYZE orders", "CREATE TABLE fine (id int)", "INSERT INTO fine SELECT generate_series(1, 20)",
+         "ANALYZE fine", "DELETE FROM orders WHERE id > 1000", "SELECT pg_stat_force_next_flush()",
+         "SELECT pg_stat_reset_single_table_counters('orders'::regclass)")
+    with role_without_privileges(pg_server, dbname(dsn)) as role:
+        target = make_target(as_user(dsn, role), checks={"critical_tables": ["orders", "fine"]})
+        result = check_once(CHECK, target)
+    assert result.outcome == "warn", result.message
+    assert ("row count not confirmed for orders: statistics stale (counters reset or not yet analyzed) and the role "
+            "may not count them: grant SELECT or run ANALYZE") in result.message
+    assert result.data["stale_statistics"] == ["orders"]
+    # The unconfirmed figure does not become a baseline; the confirmed one does.
+    assert list(result.data["row_baseline"]["tables"]) == ["public.fine"]
+
+
+def test_a_run_with_other_critical_tables_keeps_the_baselines_of_the_rest(demo_db):
+    target = make_target(demo_db)
+    first = check_once(CHECK, target)
+    # One run (a DBA trying a single table) with another list: the others are carried forward.
+    other = make_target(demo_db, checks=checks_with(critical_tables=["contacts"]))
+    middle = check_once(CHECK, other, previous=baseline_of(first))
+    assert middle.outcome == "pass", middle.message
+    assert middle.data["row_baseline"]["tables"] == first.data["row_baseline"]["tables"]
+    _sql(demo_db, "DELETE FROM knowledge_base_chunks WHERE id IN (SELECT id FROM knowledge_base_chunks LIMIT 4)")
+    after = check_once(CHECK, target, previous=baseline_of(middle))
+    assert after.outcome == "fail", after.message
+    assert "knowledge_base_chunks has 4 rows, 50.0% below" in after.message
+
+
+def test_a_table_respelled_finds_its_baseline(demo_db):
+    first = check_once(CHECK, make_target(demo_db))
+    assert "public.knowledge_base_chunks" in first.data["row_baseline"]["tables"]
+    _sql(demo_db, "DELETE FROM knowledge_base_chunks WHERE id IN (SELECT id FROM knowledge_base_chunks LIMIT 4)")
+    respelled = make_target(demo_db, checks=checks_with(critical_tables=["public.knowledge_base_chunks", "appointments"]))
+    after = check_once(CHECK, respelled, previous=baseline_of(first))
+    assert after.outcome == "fail", after.message
+    assert "public.knowledge_base_chunks has 4 rows, 50.0% below" in after.message
+    # A run recorded before baselines were keyed by the table: its spelling still finds it.
+    today = datetime.now(timezone.utc).date().isoformat()
+    old = {"row_baseline": {"window_days": 7, "tables": {"knowledge_base_chunks": [[today, 8]]}}}
+    assert check_once(CHECK, make_target(demo_db), previous=old).outcome == "fail"
+
+
+def test_baselines_not_counted_age_out_unless_failing(demo_db):
+    today = datetime.now(timezone.utc).date()
+    old = (today - timedelta(days=9)).isoformat()
+    stored = {"row_baseline": {"window_days": 7, "failing": ["public.gone_failing"], "tables": {
+        "public.gone_old": [[old, 5]], "public.gone_failing": [[old, 9]],
+    }}}
+    result = check_once(CHECK, make_target(demo_db), previous=stored)
+    tables = result.data["row_baseline"]["tables"]
+    assert "public.gone_old" not in tables and tables["public.gone_failing"] == [[old, 9]]
+    assert result.data["row_baseline"]["failing"] == ["public.gone_failing"]
+
+
+def test_one_table_under_two_spellings_is_counted_once(demo_db):
+    target = make_target(demo_db, checks=checks_with(critical_tables=["contacts", "public.contacts", "agents"]))
+    result = check_once(CHECK, target)
+    assert result.outcome == "pass", result.message
+    assert result.message.startswith("12 rows in 2 critical tables")
+    assert result.data["row_counts"] == {"contacts": 10, "agents": 2}
+
+
+def test_carried_baselines_are_bounded_newest_first(demo_db, monkeypatch):
+    from exporter.checks import row_counts
+
+    monkeypatch.setattr(row_counts, "MAX_CARRIED_TABLES", 2)
+    today = datetime.now(timezone.utc).date()
+    days = [(today - timedelta(days=back)).isoformat() for back in range(3)]
+    stored = {"row_baseline": {"window_days": 7, "tables": {
+        f"public.gone_{back}": [[day, 5]] for back, day in enumerate(days)}}}
+    result = check_once(CHECK, make_target(demo_db), previous=stored)
+    carried = [name for name in result.data["row_baseline"]["tables"] if name.startswith("public.gone_")]
+    assert carried == ["public.gone_0", "public.gone_1"]
