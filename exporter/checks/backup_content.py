@@ -54,6 +54,7 @@ from exporter.catalog import Table, counted, find_functions, find_indexes, listi
 from exporter.checks.backup_age import BackupCheck
 from exporter.checks.base import CheckContext
 from exporter.checks.rls_policies import _tables as rls_table_names
+from exporter.checks.row_counts import entries_for
 from exporter.config import TargetConfig
 from exporter.redact import scrub
 from exporter.result import CheckResult
@@ -289,7 +290,7 @@ def _ask_live(conn, partitioned: list[int], rls: list[int], indexes: list[Key], 
     return live
 
 
-def _seen_before_the_dump(ctx: CheckContext, names: list[str]) -> dict[str, str]:
+def _seen_before_the_dump(ctx: CheckContext, names: dict[str, Table | None]) -> dict[str, str]:
     """Per critical table, the earliest day pgbv's previous runs counted its rows
     (verification_details.row_baseline, exporter/checks/row_counts.py), when that day is
     surely before the dump started: the archive's start time is the dumping host's local
@@ -305,9 +306,12 @@ def _seen_before_the_dump(ctx: CheckContext, names: list[str]) -> dict[str, str]
     except ValueError:
         return {}
     seen: dict[str, str] = {}
-    for name in names:
+    for name, table in names.items():
         days = []
-        for entry in tables.get(name) or []:
+        # row_counts keys a baseline by the table itself (schema.name), older runs by the
+        # configured spelling: entries_for tries both.
+        entries = entries_for(tables, table) if table is not None else tables.get(name)
+        for entry in entries or []:
             try:
                 days.append(date.fromisoformat(entry[0]))
             except (TypeError, ValueError, IndexError, KeyError):
@@ -495,7 +499,7 @@ class BackupContentCheck(BackupCheck):
                 "so tables missing from it are not taken as created after it"
             )
 
-        seen_before = _seen_before_the_dump(ctx, critical)
+        seen_before = _seen_before_the_dump(ctx, {name: tables.get(name) for name in critical})
 
         def present(table_key: Key, oid: int, shown: str) -> bool:
             return self._present(archive, table_key, oid, shown, max_oid, found, seen_before.get(shown))

@@ -535,13 +535,15 @@ def test_table_pgbv_counted_before_the_dump_is_not_taken_as_created_after(demo_d
     lookup = DirectoryBackupSource(target.backup).lookup()
     started = datetime.fromisoformat(lookup.info.details["archive_started_local"]).date()
 
-    def seen(days_before: int):
+    def seen(days_before: int, key: str = "public.ledger"):
         day = (started - timedelta(days=days_before)).isoformat()
-        previous = {"row_baseline": {"window_days": 7, "tables": {"ledger": [[day, 10]]}}}
+        # As row_counts keys it now (the table itself); runs recorded before keyed it "ledger".
+        previous = {"row_baseline": {"window_days": 7, "tables": {key: [[day, 10]]}}}
         return check_once(CHECK, target, previous=previous, backup=lookup), day
 
     result = check_once(CHECK, target, backup=lookup)
     assert result.outcome == "pass" and result.observed["created_after_dump"] == ["ledger"]  # the known blind spot
+    assert seen(2, key="ledger")[0].outcome == "fail"
     result, day = seen(2)
     assert result.outcome == "fail", result.message
     assert result.observed["differences"] == [
