@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import psycopg
 
-from exporter.catalog import TABLE_KINDS, Table, find_tables
+from exporter.catalog import ROW_KINDS, TABLE_KINDS, Table, find_tables
 from exporter.config import TargetConfig
 from exporter.result import BackupLookup, CheckResult, Outcome
 
@@ -29,19 +29,26 @@ class CheckContext:
     keep: bool = False  # a drill leaves its scratch copy for inspection
     full_read: bool = False  # `pgbv verify --full-read`: every source's full read runs now, whatever its cadence
     accept: Any = None  # row_counts.Acceptance: `pgbv accept-rows` takes these counts as intended
-    # What find_tables said about each (name, relkinds) this run, None for no such table.
-    _tables: dict[tuple[str, str], Table | None] = field(default_factory=dict, repr=False)
+    # What find_tables said about each name this run (any of ROW_KINDS), None for no such relation.
+    _tables: dict[str, Table | None] = field(default_factory=dict, repr=False)
 
     def tables(self, names: list[str], kinds: str = TABLE_KINDS) -> dict[str, Table]:
         """catalog.find_tables for this run: six checks ask about the same tables, and
         at 10,000 of them each look-up costs a query and 10,000 objects (bench/,
-        section 2). Names not asked about before are looked up together; the facts
-        are those of the first check that asked, moments earlier in the same run."""
-        unknown = [name for name in dict.fromkeys(names) if (name, kinds) not in self._tables]
+        section 2). Names not asked about before are looked up together, for every
+        relkind any check counts (ROW_KINDS), and each caller gets those of its kinds:
+        critical_tables and required_tables naming the same tables cost one look-up, not
+        two. As in SQL, a bare name means the first relation of that name on the
+        search_path, whatever its kind; the facts are those of the first check that
+        asked, moments earlier in the same run."""
+        unknown = [name for name in dict.fromkeys(names) if name not in self._tables]
         if unknown:
-            found = find_tables(self.conn, unknown, kinds)
-            self._tables.update({(name, kinds): found.get(name) for name in unknown})
-        return {name: table for name in names if (table := self._tables[name, kinds]) is not None}
+            found = find_tables(self.conn, unknown, ROW_KINDS)
+            self._tables.update({name: found.get(name) for name in unknown})
+        return {
+            name: table for name in names
+            if (table := self._tables[name]) is not None and table.kind in kinds
+        }
 
     def server_version_num(self) -> int | None:
         """The target's server_version_num: the session's; without one (the target is
