@@ -81,7 +81,9 @@ def _harmless_errors(exc: ToolError) -> int:
     PostgreSQL 16 or older server rejects. Such a restore runs without
     --exit-on-error, and any other error still fails the drill.
     """
-    errors = [line for line in exc.stderr.splitlines() if "error:" in line]
+    # pg_restore 17+ also reports where an error happened as an error line of its own
+    # ("pg_restore: error: from TOC entry 228; ..."): context, not another error.
+    errors = [line for line in exc.stderr.splitlines() if "error:" in line and "error: from TOC entry" not in line]
     if errors and all(_HARMLESS in line for line in errors):
         return len(errors)
     return 0
@@ -107,7 +109,9 @@ def _choose_pg_restore(server_version: int, pg_bin_dir, info: BackupInfo, timeou
                 continue
             try:
                 return tool, run_tool(tool, ["--list", str(info.location)], timeout=timeout).stdout
-            except ToolError:
+            except ToolError as exc:
+                if exc.timed_out:
+                    raise  # the drill's time is up: not a sign the archive is too new for it
                 break  # the archive is newer than this pg_restore reads
     return newest, run_tool(newest, ["--list", str(info.location)], timeout=timeout).stdout
 
