@@ -252,13 +252,13 @@ class ChecksConfig(_Strict):
         description="`row_counts` fails when a critical table holds fewer rows than its highest count over "
         "`row_drop_window_days` by more than this share.",
     )
-    row_drop_window_days: int = Field(
-        7, ge=1, le=366,
+    row_drop_window_days: int = Bounded(
+        7, ge=1, le=366, why="a year",
         description="`row_counts` compares each critical table with its highest count over this many days (today "
         "included), so a drop keeps failing and a slow leak adds up; the baseline moves only with `pgbv accept-rows`.",
     )
-    exact_count_max_rows: int = Field(
-        1_000_000, ge=0, le=10**12,
+    exact_count_max_rows: int = Bounded(
+        1_000_000, ge=0, le=10**12, why="a trillion rows: beyond any table a count(*) could finish",
         description="`row_counts` counts a critical table exactly (count(*)) when its estimate is below this many "
         "rows (at most 100 tables a run; 0: only tables whose statistics are stale or empty); larger tables use the "
         "statistics PostgreSQL updates at each commit.",
@@ -266,7 +266,7 @@ class ChecksConfig(_Strict):
     min_success_ratio: float = Bounded(
         0.9, ge=0, le=1,
         description="`success_rate` warns (never fails) when the share of runs over 7 days whose other checks did not "
-        "fail is below this; runs that never reached the database or the backups are left out.",
+        "fail is below this; runs that could not reach the database or the backups are left out.",
     )
     wal_archiving_max_age_minutes: float | None = Bounded(
         None, gt=0, le=MINUTES_MAX, why="31 days",
