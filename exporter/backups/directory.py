@@ -154,7 +154,8 @@ def scan(folder: Path, pattern: str) -> BackupInfo:
         candidates.sort(key=lambda candidate: candidate[:2], reverse=True)
         mtime, name, path, is_folder, size = candidates[0]
         kind = _kind(path, is_folder)
-        trend_kind = _size_kind(path, kind)
+        header = _header(path, kind)
+        trend_kind = _size_kind(path, kind, header)
         previous = []
         for _, _, other, other_is_folder, other_size in candidates[1:]:
             if len(previous) == PREVIOUS_SIZES_KEPT:
@@ -170,9 +171,8 @@ def scan(folder: Path, pattern: str) -> BackupInfo:
         where = exc.filename or folder
         raise BackupSourceError(f"cannot read {where}: {exc.strerror or exc}") from None
     details = {}
-    started = _archive_started(path, kind)
-    if started is not None:
-        details["archive_started_local"] = started.isoformat()
+    if header is not None and header.started is not None:
+        details["archive_started_local"] = header.started.isoformat()
     return BackupInfo(
         id=name, finished_at=_utc(mtime), size_bytes=size, kind=kind, location=str(path), details=details,
         previous_sizes=tuple(previous),
@@ -189,30 +189,26 @@ _ARCHIVE_KINDS = ("pg_dump custom", "pg_dump directory", "pg_dump tar")
 _UNKNOWN_KINDS = ("file", "folder")
 
 
-def _archive_started(path: Path, kind: str) -> datetime | None:
-    """When pg_dump started writing the archive (its host's local time, no zone): a copy
-    made without keeping file times (`cp`, `rsync` without -t) dates an old dump today."""
+def _header(path: Path, kind: str):
+    """A pg_dump archive's header (a few hundred bytes), None for other kinds or a damaged or
+    vanished archive (backup_readable says so). It tells when pg_dump started, in its host's
+    local time (a copy made without keeping file times dates an old dump today), and how
+    the archive is compressed (sizes are compared like with like)."""
     if kind not in _ARCHIVE_KINDS:
         return None
     from exporter.backups.readable import archive_header
 
     try:
-        return archive_header(path, kind).started
+        return archive_header(path, kind)
     except (BackupUnreadable, BackupSourceError):
         return None
 
 
-def _size_kind(path: Path, kind: str) -> str:
-    """What backups are compared by in the size trend: the kind, and for a pg_dump archive
-    its compression, read from the archive's header (a few hundred bytes)."""
-    if kind not in _ARCHIVE_KINDS:
-        return kind
-    from exporter.backups.readable import archive_header
-
-    try:
-        return f"{kind}, {archive_header(path, kind).compression} compression"
-    except (BackupUnreadable, BackupSourceError):
-        return kind  # a damaged or vanished archive: backup_readable says so
+def _size_kind(path: Path, kind: str, header=None) -> str:
+    """What backups are compared by in the size trend: the kind and, for a pg_dump
+    archive, its compression."""
+    header = header or _header(path, kind)
+    return f"{kind}, {header.compression} compression" if header is not None else kind
 
 
 class DirectoryBackupSource(BackupSource):
