@@ -120,6 +120,12 @@ class DirectoryBackup(_BackupCommon):
     pattern: str = Field(
         "*", description="Shell pattern the backup's file or folder name must match (not recursive)."
     )
+    wal_path: Path | None = Field(
+        None,
+        description="Folder the server's archive_command copies WAL segments into, for base backups in `path` "
+        "(plain or compressed segments, `.history` and `.backup` files): `wal_continuity` checks it and physical "
+        "drills replay it. Unset: the backups are taken as having no WAL archive.",
+    )
 
 
 class PgBackRestBackup(_BackupCommon):
@@ -302,6 +308,17 @@ class RestoreConfig(_Strict):
     amcheck: bool = Field(False, description="Verify the restored copy's B-tree indexes with pg_amcheck, when amcheck is available.")
     scratch_dir: Path | None = Field(
         None, description="Where physical drills put their pgbv_restore_* folders; default: the system's temporary folder."
+    )
+    rpo_hours: float = Bounded(
+        24, gt=0, le=8784, why="a year",
+        description="The recovery point objective: `rpo` fails when a replaying drill recovers to a point older than "
+        "this before the drill started, and warns past half of it.",
+    )
+    target: Literal["latest", "random"] = Field(
+        "latest",
+        description="Where a physical drill recovers to: `latest`, the end of the WAL archive (measures the RPO); "
+        "`random`, a random time inside the recovery window (a point-in-time drill: the copy's log must hold every "
+        "run up to that time and none after it).",
     )
     os_user: str | None = Field(
         None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 
+from exporter.backups.wal import WalArchive
 from exporter.result import BackupInfo, BackupLookup
 
 
@@ -50,6 +51,17 @@ class BackupSource(ABC):
         (the verification could not run: error).
         """
         raise BackupSourceError(f"the {self.name} source has no readability check")
+
+    def keeps_wal(self) -> bool:
+        """Whether the source, as configured, keeps a WAL archive: wal_continuity runs,
+        the recovery window is known, and physical drills replay it."""
+        return False
+
+    def wal_archive(self, info: BackupInfo | None) -> WalArchive:
+        """The WAL archive after ``info`` (the newest backup; None when there is none):
+        its newest segment and time, the first gap from the backup's start WAL on, and
+        the recovery window. Raises BackupSourceError when it cannot be read."""
+        raise BackupSourceError(f"the {self.name} source keeps no WAL archive pgbv can read")
 
     def lookup(self) -> BackupLookup:
         started = time.monotonic()
