@@ -21,6 +21,7 @@ SEGMENT = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 # What an archive may add to a segment's name: compression (gzip, lz4, zstd, bzip2, xz),
 # pgBackRest's "-<sha1>" checksum, Barman's and WAL-G's suffixes.
 _SEGMENT_PREFIX = re.compile(r"^([0-9A-F]{24})(?:-[0-9a-f]{40})?(?:\.(?:gz|lz4|zst|bz2|xz|br|zstd|lzma))?$")
+_LSN = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 HISTORY = re.compile(r"^([0-9A-F]{8})\.history(?:\.(?:gz|lz4|zst|bz2|xz|br|zstd|lzma))?$")
 
 
@@ -82,13 +83,12 @@ def segment_of_name(name: str, size: int = DEFAULT_SEGMENT_SIZE) -> Segment | No
 
 def parse_lsn(text: str) -> int:
     """An LSN as PostgreSQL prints it ("0/2000028") to a byte position."""
-    high, sep, low = text.strip().partition("/")
-    try:
-        if not sep:
-            raise ValueError
-        return (int(high, 16) << 32) | int(low, 16)
-    except ValueError:
-        raise WalNameError(f"{text!r} is not an LSN (such as 0/2000028)") from None
+    # Each half is at most 8 hex digits: int(x, 16) alone would take "0x1", "1_0", "-1"
+    # and a low half past 32 bits that spills into the high one.
+    match = _LSN.match(text.strip())
+    if match is None:
+        raise WalNameError(f"{text!r} is not an LSN (such as 0/2000028)")
+    return (int(match.group(1), 16) << 32) | int(match.group(2), 16)
 
 
 def segment_at(lsn: int, timeline: int, size: int = DEFAULT_SEGMENT_SIZE) -> Segment:
@@ -147,7 +147,9 @@ def first_gap(present: set[str] | frozenset[str], first: Segment, last: Segment,
     """The first segment recovery would need and the archive does not hold, and how
     many segments were checked before it (all of them when there is no gap)."""
     checked = 0
-    for segment in expected_segments(first, last, timeline, history):
+    # An archive whose newest segment comes before the backup's start does not even hold
+    # that start: the start is the gap (an empty range would have reported none).
+    for segment in expected_segments(first, max(last, first, key=lambda s: s.number), timeline, history):
         if segment.name not in present:
             return segment, checked
         checked += 1
