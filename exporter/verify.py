@@ -73,6 +73,7 @@ def _lift_facts(result: RunResult) -> None:
         ("rls_policies", "policies", "rls_policies"),
         ("index_coverage", "index_counts", "index_counts"),
         ("wal_archiving", "wal_archiving", "wal_archiving"),
+        ("wal_continuity", "wal", "wal"),  # the recovery window's metrics read facts["wal"]["recovery_window"]
         ("backup_readable", "full_read", "full_read"),
     ):
         check = result.check(check_name)

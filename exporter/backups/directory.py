@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from exporter.backups.base import BackupSource, BackupSourceError, BackupUnreadable, NoBackupFound
+from exporter.backups.wal import WalArchive
 from exporter.config import DirectoryBackup
 from exporter.result import PREVIOUS_SIZES_KEPT, BackupInfo
 
@@ -221,6 +222,26 @@ class DirectoryBackupSource(BackupSource):
         folder = Path(self.config.path)
         return call_with_timeout(
             lambda: scan(folder, self.config.pattern), self.config.timeout_seconds, f"scanning {folder}"
+        )
+
+    def keeps_wal(self) -> bool:
+        return self.config.wal_path is not None
+
+    def wal_archive(self, info: BackupInfo | None) -> WalArchive:
+        """The WAL folder (wal_path) from the newest base backup's start WAL on: see
+        exporter/backups/wal_folder.py for where each fact comes from."""
+        if self.config.wal_path is None:
+            return super().wal_archive(info)
+        from exporter.backups.wal_folder import read_archive
+
+        wal_path = Path(self.config.wal_path)
+        return call_with_timeout(
+            lambda: read_archive(
+                wal_path, Path(self.config.path), self.config.pattern,
+                info.location if info is not None and info.location else None,
+                info.kind if info is not None else None,
+            ),
+            self.config.timeout_seconds, f"reading WAL folder {wal_path}",
         )
 
     def checks_readable(self) -> bool:

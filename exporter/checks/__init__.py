@@ -25,6 +25,7 @@ ORDER: tuple[str, ...] = (
     "backup_readable",
     "backup_content",
     "wal_archiving",
+    "wal_continuity",
     "restore",
 )
 
