@@ -277,7 +277,8 @@ class ChecksConfig(_Strict):
     wal_archiving_max_age_minutes: float | None = Bounded(
         None, gt=0, le=MINUTES_MAX, why="31 days",
         description="`wal_archiving` (from pg_stat_archiver) fails when the last archived WAL is older than this, "
-        "or when archiving is failing; unset, the check does not run.",
+        "or when archiving is failing; unset, the check does not run. `wal_continuity` warns when the newest "
+        "segment in the backup source's WAL archive is older than this (unset: no age judged).",
     )
 
 
