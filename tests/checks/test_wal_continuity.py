@@ -434,3 +434,54 @@ def test_manifest_start_matches_backup_label(world):
     assert archive.checked_from == f"{first_range['Timeline']:08X}{position >> 8:08X}{position & 0xFF:08X}"
     assert archive.holds(archive.last) is True and archive.holds("0000000100000000000000FE") is False
     assert archive.last_archived_at is not None and archive.last_archived_at <= datetime.now(timezone.utc) + timedelta(seconds=5)
+
+
+def test_recorded_recovery_window_is_where_the_metrics_read_it(world):
+    from exporter.migrate import migrate
+
+    target = world.target(world.plain)
+    migrate(target)
+    result = verify_target(target)
+    assert result.check("wal_continuity").outcome == "pass"
+    (start, end, gap), = world.execute(
+        "SELECT verification_details->'wal'->'recovery_window'->>'start',"
+        "       verification_details->'wal'->'recovery_window'->>'end',"
+        "       verification_details->'wal'->>'gap'"
+        "  FROM backup_verification_log ORDER BY verified_at DESC LIMIT 1"
+    )
+    assert (start, end) == (result.facts["wal"]["recovery_window"]["start"], result.facts["wal"]["recovery_window"]["end"])
+    assert datetime.fromisoformat(start) < datetime.fromisoformat(end) and gap is None
+
+
+def test_window_starts_at_the_oldest_backup_that_replays_to_the_end():
+    """Two base backups (the newer in tar format: its start comes from backup_manifest
+    alone). A segment lost between their starts leaves the newer one's range whole (a
+    pass) and moves the recovery window's start to the newer backup's end."""
+    world = World(switches=2)
+    try:
+        tool = find_tool("pg_basebackup", 150000, pg_bin_dir=PG15_BIN)
+        newer = world.backups / "base-2"
+        run_tool(tool, ["-D", str(newer), "-Ft", "-X", "stream", "-c", "fast", "-d", world.cluster.dsn()], timeout=120)
+        assert not (newer / "backup_label").exists() and (newer / "backup_manifest").exists()
+        world.switch()
+        world.switch()
+        result = run(world.target(world.plain))
+        assert result.outcome == "pass", result.message
+        wal = result.data["wal"]
+        first_backup_start = (world.base / "backup_label").read_text().split("(file ", 1)[1][:SEGMENT_NAME_LENGTH]
+        assert wal["checked_from"] > first_backup_start  # the newer backup's start
+        backup_files = sorted(world.plain.glob("*.backup"))
+        assert len(backup_files) == 2
+        assert any(f"end of base backup base-1 (STOP TIME of {backup_files[0].name})" in n for n in wal["notes"])
+        window_with_both = datetime.fromisoformat(wal["recovery_window"]["start"])
+
+        between = [s for s in segments(world.plain) if first_backup_start < s < wal["checked_from"]]
+        assert between, segments(world.plain)
+        (world.plain / between[0]).unlink()
+        result = run(world.target(world.plain))
+        assert result.outcome == "pass", result.message  # the newest backup still replays to the end
+        wal = result.data["wal"]
+        assert any(f"end of base backup base-2 (STOP TIME of {backup_files[1].name})" in n for n in wal["notes"])
+        assert datetime.fromisoformat(wal["recovery_window"]["start"]) > window_with_both
+    finally:
+        world.destroy()
