@@ -172,6 +172,8 @@ class WalArchive:
     checked_from: str | None = None  # where the continuity check started (the newest backup's start WAL)
     segments_checked: int = 0
     gap: str | None = None  # the first missing segment
+    # The timeline recovery to latest ends on (the newest its history files lead to), not
+    # the backup's: wal_continuity fails when the live server archives on a later one.
     timeline: int | None = None
     window_start: datetime | None = None  # the oldest usable base backup's end: the recovery window's start
     names: frozenset[str] | None = field(default=None, repr=False)

@@ -64,6 +64,17 @@ def compare_live(archive: WalArchive, last_wal: str | None, last_time) -> tuple[
     live["segment"] = segment
     held = archive.holds(segment)
     when = f" at {last_time.isoformat()}" if last_time is not None else ""
+    server_timeline = int(segment[:8], 16)
+    if archive.timeline is not None and server_timeline > archive.timeline:
+        # Held or not, recovery to the latest timeline never reaches it: the history
+        # file of the timeline after archive.timeline is missing (or the source follows
+        # another branch).
+        live["held"] = held
+        return live, (
+            f"the server archives on timeline {server_timeline} ({segment}{when}), but recovery from {archive.where} "
+            f"follows timeline {archive.timeline} at most (no {archive.timeline + 1:08X}.history there): "
+            "the server's newest WAL cannot be recovered"
+        )
     if held is True:
         live["held"] = True
         return live, None

@@ -354,9 +354,13 @@ def test_timeline_switch_follows_the_history_file():
             stand_in.unlink()
             # Without the history file, recovery to latest stays on timeline 1: said in the notes.
             (copy / "00000002.history").unlink()
-            stays = run(world.target(copy, dsn=dsn)).data["wal"]
-            assert stays["timeline"] == 1 and stays["last"] == max(tl1)
-            assert any("no 00000002.history" in n for n in stays["notes"])
+            stays = run(world.target(copy, dsn=dsn))
+            print(f"history file removed: {stays.message}")
+            assert stays.data["wal"]["timeline"] == 1 and stays.data["wal"]["last"] == max(tl1)
+            assert any("no 00000002.history" in n for n in stays.data["wal"]["notes"])
+            # The promoted server archives on timeline 2: its newest WAL is out of reach.
+            assert stays.outcome == "fail", stays.message
+            assert "the server archives on timeline 2" in stays.message and "no 00000002.history there" in stays.message
         finally:
             shutil.rmtree(copy.parent, ignore_errors=True)
     finally:
