@@ -33,6 +33,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from exporter.backups.base import BackupSourceError
+# directory.py imports this module only inside DirectoryBackupSource.wal_archive: no cycle.
+from exporter.backups.directory import _folder_totals, folder_kind
 from exporter.backups.wal import (
     DEFAULT_SEGMENT_SIZE,
     HISTORY,
@@ -129,8 +131,6 @@ def segment_size(segments: list[_File]) -> tuple[int, str]:
 
 def base_backups(folder: Path, pattern: str) -> list[BaseBackup]:
     """The pg_basebackup folders of the backup folder matching pattern (folder_kind)."""
-    from exporter.backups.directory import folder_kind
-
     found = []
     try:
         with os.scandir(folder) as it:
@@ -215,8 +215,6 @@ def read_end(backup: BaseBackup, size: int, backup_files: dict[str, _File]) -> N
         if manifest.exists():
             backup.end, backup.end_from = _utc(manifest.stat().st_mtime), "the modification time of its backup_manifest"
             return
-        from exporter.backups.directory import _folder_totals
-
         backup.end, backup.end_from = _utc(_folder_totals(backup.path)[0]), "the folder's newest modification time"
     except FileNotFoundError:
         pass
