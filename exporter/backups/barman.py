@@ -242,7 +242,7 @@ class BarmanBackupSource(BackupSource):
         begin = details.get("begin_wal") if isinstance(details.get("begin_wal"), str) else None
         segments, histories = wal_files(paths)
         notes = ["from Barman's WAL catalogue (xlog.db), on the backup's timeline only"]
-        timeline = int(begin[:8], 16) if begin and begin[:8].isalnum() else None
+        timeline = int(begin[:8], 16) if begin and _SEGMENT_NAME.match(begin) else None
         later = sorted(h for h in histories if timeline is not None and int(h[:8], 16) > timeline)
         if later:
             notes.append(f"later timelines exist ({', '.join(later)}): Barman lists WAL of the backup's timeline only")

@@ -702,6 +702,8 @@ class PgBackRestSource(BackupSource):
             if archive_id is None:
                 return WalArchive(where=f"pgBackRest stanza {self.config.stanza}", notes=["no WAL archive in the stanza"])
             notes.append("no backup: continuity not checked")
+        elif start is None:
+            notes.append(f"pgbackrest info gives no archive start for backup {info.id}: continuity not checked")
         repo = repo if isinstance(repo, int) else None
         path = f"archive/{self.config.stanza}/{archive_id}"
         done = self._run("repo-ls", [*self._base_args(repo), "repo-ls", path, "--recurse", "--output=json"])

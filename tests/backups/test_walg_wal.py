@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 import pytest
 
 from exporter.backups.base import BackupSourceError
-from tests.backups.test_walg import LIST, NEWEST, VERIFY_FAILURE, VERIFY_OK, walg
+from tests.backups.test_walg import LIST, VERIFY_FAILURE, VERIFY_OK, walg
 
 # The fixture's backups: a permanent full at 2A C8 (finished 2026-03-01), a full at
 # 31 D4 (2026-03-08), the newest, a delta at 32 A1 (2026-03-09).
