@@ -263,14 +263,18 @@ WAL_SWITCHES = 4
 
 @pytest.fixture(scope="module")
 def barman_wal(real_barman):
-    """More WAL after the backup: rows and WAL_SWITCHES switches, each waited for until
-    Barman has archived it (so the fixture's other tests see only more WAL)."""
+    """More WAL after the backup: rows and WAL_SWITCHES switches, archived by Barman
+    (the fixture's other tests see only more WAL). One switch-wal --archive waits for
+    receive-wal to have streamed; archive-wal then files every finished segment."""
     cluster_dsn = f"host={real_barman.socket_dir} user=postgres dbname=postgres"
     with psycopg.connect(cluster_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS w (g int)")
-        for _ in range(WAL_SWITCHES):
+        for _ in range(WAL_SWITCHES - 1):
             conn.execute("INSERT INTO w SELECT generate_series(1, 1000)")
-            real_barman.barman("switch-wal", "--force", "--archive", "--archive-timeout", "60", SERVER)
+            conn.execute("SELECT pg_switch_wal()")
+        conn.execute("INSERT INTO w SELECT generate_series(1, 1000)")
+    real_barman.barman("switch-wal", "--force", "--archive", "--archive-timeout", "60", SERVER)
+    real_barman.barman("archive-wal", SERVER)
     real_barman.wal_done_at = time.time()
     return real_barman
 
