@@ -48,6 +48,7 @@ not list. ``-n``: the WAL is not parsed (Barman keeps it outside the backup). It
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Callable
@@ -56,6 +57,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter.backups.base import BackupSource, BackupUnreadable, NoBackupFound
+from exporter.backups.wal import HISTORY, WalArchive
+from exporter.backups.wal_listing import continuity
 from exporter.backups.command import excerpt, fail, json_type, parse_json, parse_timestamp, require_int, run_source_tool
 from exporter.config import BarmanBackup
 from exporter.result import BackupInfo
@@ -77,6 +80,10 @@ _BASE_DETAILS = (
 )
 _WAL_DETAILS = ("no_of_files", "disk_usage_bytes", "last_available", "compression_ratio")
 
+
+# A WAL segment's file in Barman's wals folder: its bare name (Barman keeps the
+# compression in xlog.db, not in the name).
+_SEGMENT_NAME = re.compile(r"^[0-9A-F]{24}$")
 
 # What pg_verifybackup prints when it verified everything it was asked to.
 _VERIFIED = "backup successfully verified"
@@ -168,7 +175,13 @@ class BarmanBackupSource(BackupSource):
         listed = self._run_json("list-backups", server)[server]
         backup_id, skipped = self.newest_id(listed)
         shown = self._run_json("show-backup", server, backup_id)[server]
-        return self.info_from_show(shown, backup_id, skipped)
+        info = self.info_from_show(shown, backup_id, skipped)
+        oldest = oldest_done_id(listed)
+        if oldest is not None:
+            # The recovery window's start (wal_archive): only the id, its end time with
+            # a zone needs its own show-backup.
+            info.details["oldest_done"] = oldest
+        return info
 
     def checks_readable(self) -> bool:
         return True
@@ -199,6 +212,84 @@ class BarmanBackupSource(BackupSource):
             said = "; ".join(_messages(data, "_WARNING") + _messages(data, "_INFO"))
             fail(f"{what} recovered nothing (exit 0 without a recovery report)" + (f"; it said: {said}" if said else ""), ())
         return [str(w) for w in data.get("warnings") or [] if w]
+
+    def keeps_wal(self) -> bool:
+        # Every Barman server archives WAL (archiver or streaming_archiver): its backups
+        # cannot be recovered without it.
+        return True
+
+    def wal_archive(self, info: BackupInfo | None) -> WalArchive:
+        """``barman list-files --target wal SERVER ID`` for the newest backup: the WAL
+        Barman's catalogue (xlog.db) lists from the backup's begin_wal on, on the
+        backup's timeline, plus the history files. Reads no WAL file. Where pgbv sees
+        Barman's wals folder (same host, a user who may stat it), each listed file must
+        exist too and the newest one's modification time is the archive's end; else the
+        catalogue alone is read and the time is unknown (said in the notes)."""
+        server = self.config.server
+        where = f"Barman server {server}"
+        if info is None:
+            return WalArchive(where=where, notes=["no DONE backup: Barman lists WAL per backup, none was read"])
+        details = info.details or {}
+        what = f"barman list-files --target wal {server} {info.id}"
+        done, data = self._run_barman("list-files", "--target", "wal", server, info.id)
+        errors = _messages(data, "_ERROR") + _messages(data, "_EXCEPTION")
+        if errors:
+            fail(f"{what}: {'; '.join(errors)}", ())
+        if done.returncode != 0:
+            fail(f"{what} exited with code {done.returncode}: {excerpt(done.stdout)!r}", ())
+        # -f json: every path is one "_INFO" message; none at all when nothing is listed.
+        paths = [p for p in _messages(data, "_INFO") if p.strip()]
+        begin = details.get("begin_wal") if isinstance(details.get("begin_wal"), str) else None
+        segments, histories = wal_files(paths)
+        notes = ["from Barman's WAL catalogue (xlog.db), on the backup's timeline only"]
+        timeline = int(begin[:8], 16) if begin and _SEGMENT_NAME.match(begin) else None
+        later = sorted(h for h in histories if timeline is not None and int(h[:8], 16) > timeline)
+        if later:
+            notes.append(f"later timelines exist ({', '.join(later)}): Barman lists WAL of the backup's timeline only")
+        held = self._on_disk(segments, notes)
+        archive = continuity(where, held, begin, [], window_start=self._window_start(info), notes=notes)
+        return archive
+
+    @staticmethod
+    def _on_disk(segments: dict[str, str], notes: list[str]) -> dict:
+        """name -> archive time of the listed segments that exist, when pgbv can see
+        the wals folder; else every listed one, without a time."""
+        if not segments:
+            return {}
+        sample = next(iter(segments.values()))
+        wals = os.path.dirname(os.path.dirname(sample))
+        try:
+            os.stat(wals)
+            os.listdir(os.path.dirname(sample))
+        except OSError as exc:
+            notes.append(f"Barman's wals folder is not readable here ({exc.strerror}: {wals}): files not checked, no archive time")
+            return dict.fromkeys(segments)
+        held: dict = {}
+        missing = []
+        for name, path in segments.items():
+            try:
+                held[name] = datetime.fromtimestamp(os.stat(path).st_mtime, tz=timezone.utc)
+            except FileNotFoundError:
+                missing.append(name)
+            except OSError:
+                held[name] = None
+        if missing:
+            notes.append(f"{len(missing)} segment(s) in Barman's catalogue are missing from {wals}: {', '.join(sorted(missing)[:5])}"
+                         + (" ..." if len(missing) > 5 else ""))
+        notes.append("the newest segment's time is its file's modification time in Barman's wals folder")
+        return held
+
+    def _window_start(self, info: BackupInfo) -> datetime | None:
+        oldest = (info.details or {}).get("oldest_done")
+        if not isinstance(oldest, str) or oldest == info.id:
+            return info.finished_at
+        shown = self._run_json("show-backup", self.config.server, oldest)[self.config.server]
+        if not isinstance(shown, dict) or shown.get("backup_id") != oldest:
+            fail(f"barman show-backup {oldest} describes another backup", ())
+        base = shown.get("base_backup_information")
+        if not isinstance(base, dict):
+            fail(f"barman show-backup {oldest} has no base_backup_information", ())
+        return self._end_time(base, f"barman show-backup {oldest}")
 
     def newest_id(self, listed: Any) -> tuple[str, list[dict]]:
         """The id of the newest DONE backup in list-backups' entries for the server,
@@ -302,6 +393,26 @@ class BarmanBackupSource(BackupSource):
         if text is None:
             fail(f"{what}: base_backup_information has no end_time", ())
         return parse_timestamp(text, what=what, key="end_time")  # raises with the reason
+
+
+def oldest_done_id(listed: list) -> str | None:
+    """The oldest DONE backup of list-backups' entries (newest_id has checked their shape)."""
+    done = [(_epoch(e.get("end_time_timestamp")), e["backup_id"]) for e in listed
+            if isinstance(e, dict) and e.get("status") == USABLE and isinstance(e.get("backup_id"), str)]
+    done = [(ended, bid) for ended, bid in done if ended is not None]
+    return min(done)[1] if done else None
+
+
+def wal_files(paths: list[str]) -> tuple[dict[str, str], list[str]]:
+    """list-files --target wal's paths: {segment name: path} and the history files."""
+    segments, histories = {}, []
+    for path in paths:
+        name = os.path.basename(path.strip())
+        if HISTORY.match(name):
+            histories.append(name)
+        elif _SEGMENT_NAME.match(name):
+            segments[name] = path.strip()
+    return segments, histories
 
 
 def judge_verify(returncode: int, data: dict, server: str, backup_id: str) -> str:

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter.backups.base import BackupSource, BackupSourceError, BackupUnreadable, NoBackupFound
+from exporter.backups.wal import HISTORY, WalArchive, WalNameError, parse_history, parse_segment
+from exporter.backups.wal_listing import continuity
 from exporter.config import PgBackRestBackup
 from exporter.pgtools import ToolError, run_tool
 from exporter.redact import scrub
@@ -61,6 +63,8 @@ _BACKUP_LINE = re.compile(
     r"^\s+backup: (\S+), status: ([^,]+), total files checked: (\d+), total valid files: (\d+)\s*$"
 )
 _ARCHIVE_LINE = re.compile(r"^\s+archiveId: (\S+), total WAL checked: (\d+), total valid WAL: (\d+)\s*$")
+# An archived segment: 24 hex digits, pgBackRest's "-<sha1>", a compression extension.
+_SEGMENT_FILE = re.compile(r"^[0-9A-F]{24}-[0-9a-f]{40}(?:\.(?:gz|lz4|zst|bz2|xz))?$")
 _COUNTS_LINE = re.compile(r"^\s+((?:missing|checksum invalid|size invalid|other): \d+(?:, )?)+\s*$")
 
 
@@ -201,7 +205,7 @@ def _match(items: Any, database: dict | None) -> dict | None:
     return None
 
 
-def _details(entry: dict, chosen: _Backup, stanza_status: dict, repos, failed: list[_Backup]) -> dict[str, Any]:
+def _details(entry: dict, chosen: _Backup, stanza_status: dict, repos, good: list[_Backup], failed: list[_Backup]) -> dict[str, Any]:
     raw = chosen.raw
     info = raw["info"]
     repository = info["repository"]
@@ -238,6 +242,10 @@ def _details(entry: dict, chosen: _Backup, stanza_status: dict, repos, failed: l
         "repos": [{"key": key, "code": code, "message": message} for key, code, message in repos],
         "backup_running": backup_lock.get("held") if isinstance(backup_lock, dict) else None,
     }
+    oldest = min((b for b in good if _repo_key(b) == _repo_key(chosen)), key=lambda b: (b.stop, b.label))
+    # The recovery window's start: the oldest backup of this repository that pgBackRest
+    # does not flag as failed.
+    details["oldest_backup"] = {"label": oldest.label, "stopped_at": _utc(oldest.stop, f"{oldest.where}.timestamp.stop").isoformat()}
     if failed:
         details["failed_backups"] = [
             {"label": b.label, "type": b.kind, "stopped_at": _utc(b.stop, f"{b.where}.timestamp.stop").isoformat()}
@@ -309,7 +317,7 @@ def parse_info(text: str, stanza: str) -> BackupInfo:
     repository = _field(info, "repository", "dict", f"{chosen.where}.info")
     size = _field(repository, "size", "int", f"{chosen.where}.info.repository")
     _field(info, "size", "int", f"{chosen.where}.info", optional=True)
-    details = _details(entry, chosen, status, repos, failed)
+    details = _details(entry, chosen, status, repos, good, failed)
     repo_key = details["repo_key"]
     previous = _previous_sizes(good, chosen)
     return BackupInfo(
@@ -406,9 +414,15 @@ def parse_verify(stdout: str, stderr: str) -> VerifyReport:
 
 
 def _name_files(problems: list[tuple[str, str, str]]) -> str:
-    named = [f"{reason} '{path}'" + (f" ({rest})" if rest else "") for reason, path, rest in problems[:MAX_NAMED_PROBLEMS]]
+    named = [f"{_wal_named(path)}{reason} '{path}'" + (f" ({rest})" if rest else "") for reason, path, rest in problems[:MAX_NAMED_PROBLEMS]]
     more = len(problems) - MAX_NAMED_PROBLEMS
     return "; ".join(named) + (f"; and {more} more" if more > 0 else "")
+
+
+def _wal_named(path: str) -> str:
+    """"WAL segment <name>: " for an archive file verify blames (<archive id>/<timeline+log>/<name>-<sha1>.gz)."""
+    base = os.path.basename(path)
+    return f"WAL segment {base[:24]}: " if "/" in path and _SEGMENT_FILE.match(base) else ""
 
 
 def _backup_problem(label: str, result: dict[str, Any]) -> str:
@@ -505,10 +519,85 @@ def judge_verify(report: VerifyReport, info: BackupInfo, stanza: str) -> str:
         )
     refs = f", as are the backups it depends on ({', '.join(references)})" if references else ""
     warned = f"; pgBackRest warned: {'; '.join(report.warnings)}" if report.warnings else ""
-    return (
+    said = (
         f"pgbackrest verify: backup {label} is valid ({ours['valid']} of {ours['checked']} files checked){refs}"
         f"{wal_said}; stanza {stanza} status ok{warned}"
     )
+    hole = wal_hole_after(report, archive_id, start) if isinstance(archive_id, str) and isinstance(start, str) else None
+    if hole is not None:
+        # verify calls the stanza ok with a hole in the WAL after the backup: the backup
+        # restores, point-in-time recovery from it stops before the hole.
+        missing, held = hole
+        return (
+            f"warning: WAL {missing} is missing from archive {archive_id} after backup {label} (verify found "
+            f"{held}): recovery from the backup stops before it; {said}"
+        )
+    return said
+
+
+def wal_hole_after(report: VerifyReport, archive_id: str, start: str) -> tuple[str, str] | None:
+    """The first segment missing between two of verify's WAL ranges of archive_id (it
+    starts a range after every gap and at every timeline switch), at or after the
+    backup's start WAL; with the ranges, for the message. None when there is none."""
+    ranges = sorted((s, e) for a, s, e in report.wal_ranges if a == archive_id)
+    for (_, end), (begin, _) in zip(ranges, ranges[1:]):
+        if end < start or end[:8] != begin[:8]:
+            continue  # before the backup, or a timeline switch (not a hole)
+        try:
+            following = parse_segment(end).next().name
+        except WalNameError:
+            continue
+        if following < begin:
+            return following, ", ".join(f"{s}-{e}" for s, e in ranges)
+    return None
+
+
+# --- the WAL archive (wal_continuity, the recovery window) ----------------------------------
+
+
+def parse_repo_ls(text: str, path: str) -> dict[str, dict[str, Any]]:
+    """`repo-ls PATH --recurse --output=json`: {relative path: {"type": "file"|"path"|"link",
+    "size": bytes, "time": epoch seconds}}, "." for PATH itself. Files only."""
+    what = f"pgbackrest repo-ls {path}"
+    if not text.strip():
+        raise BackupSourceError(f"{what} printed nothing (expected a JSON object of files)")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise BackupSourceError(f"{what} did not print JSON ({exc}): {_snippet(text)}") from None
+    if not isinstance(data, dict):
+        raise BackupSourceError(f"{what} printed {_describe(data)}, expected an object of files")
+    files = {}
+    for name, entry in data.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+            raise BackupSourceError(f"{what}: entry {name!r} is {_describe(entry)} without a type (unexpected output)")
+        if entry["type"] == "file":
+            files[name] = entry
+    return files
+
+
+def archive_contents(files: dict[str, dict[str, Any]], where: str) -> tuple[dict[str, datetime | None], list[str]]:
+    """The segments an archive id's listing holds (name -> archive time) and its history
+    files. A segment is stored as <timeline+log>/<name>-<sha1>[.gz|.lz4|.zst|.bz2]; a
+    history file as <timeline>.history at the top; .backup and .partial files are not
+    segments."""
+    held: dict[str, datetime | None] = {}
+    histories = []
+    for path, entry in files.items():
+        base = path.rsplit("/", 1)[-1]
+        if HISTORY.match(base):
+            histories.append(path)
+            continue
+        if not _SEGMENT_FILE.match(base):
+            continue
+        name = base[:24]
+        when = entry.get("time")
+        stamp = _utc(when, f"{where}: {path}.time") if isinstance(when, (int, float)) and not isinstance(when, bool) else None
+        # Two copies of one segment (pgBackRest keeps the first; a second push of
+        # different content is refused): the newer time counts.
+        if name not in held or (stamp is not None and (held[name] is None or stamp > held[name])):
+            held[name] = stamp
+    return held, histories
 
 
 # --- the source ---------------------------------------------------------------------------
@@ -593,3 +682,80 @@ class PgBackRestSource(BackupSource):
         except BackupSourceError as exc:
             said = _snippet(done.stdout + " " + done.stderr)
             raise BackupSourceError(self._scrub(f"{exc}; it said: {said}" if said else str(exc))) from None
+
+    def keeps_wal(self) -> bool:
+        # pgBackRest's backups need its WAL archive (archive_command = archive-push):
+        # a stanza always has one.
+        return True
+
+    def wal_archive(self, info: BackupInfo | None) -> WalArchive:
+        """The archive id of the newest backup, listed with `repo-ls --recurse` (names,
+        sizes and times; no file is read), checked from the backup's start WAL to the
+        newest segment. The newest segment's time is its file's modification time in
+        the repository: when archive-push stored it."""
+        details = (info.details or {}) if info is not None else {}
+        archive_id, repo = details.get("archive_id"), details.get("repo_key") or self.config.repo
+        start = details.get("wal_start") if isinstance(details.get("wal_start"), str) else None
+        notes: list[str] = []
+        if not isinstance(archive_id, str):
+            archive_id, repo = self._current_archive()
+            if archive_id is None:
+                return WalArchive(where=f"pgBackRest stanza {self.config.stanza}", notes=["no WAL archive in the stanza"])
+            notes.append("no backup: continuity not checked")
+        elif start is None:
+            notes.append(f"pgbackrest info gives no archive start for backup {info.id}: continuity not checked")
+        repo = repo if isinstance(repo, int) else None
+        path = f"archive/{self.config.stanza}/{archive_id}"
+        done = self._run("repo-ls", [*self._base_args(repo), "repo-ls", path, "--recurse", "--output=json"])
+        where = f"pgBackRest archive {archive_id}" + (f" (repo{repo})" if repo else "")
+        try:
+            files = parse_repo_ls(done.stdout, path)
+            held, histories = archive_contents(files, f"pgbackrest repo-ls {path}")
+        except BackupSourceError as exc:
+            raise BackupSourceError(self._scrub(str(exc))) from None
+        newest = max(held, default=None)
+        history = []
+        if newest is not None and int(newest[:8], 16) > 1:
+            history = self._history(repo, path, int(newest[:8], 16), histories, notes)
+        oldest = details.get("oldest_backup")
+        window_start = None
+        if isinstance(oldest, dict) and isinstance(oldest.get("stopped_at"), str):
+            window_start = datetime.fromisoformat(oldest["stopped_at"])
+        archive = continuity(where, held, start, history, window_start=window_start, notes=notes)
+        said_max = details.get("archive_max")
+        if isinstance(said_max, str) and archive.last is not None and archive.last < said_max:
+            archive.notes.append(f"pgbackrest info said the newest segment was {said_max}; the listing's newest is {archive.last}")
+        if archive.last_archived_at is not None:
+            archive.notes.append("the newest segment's time is when pgBackRest stored it (its file's time in the repository)")
+        return archive
+
+    def _history(self, repo: int | None, path: str, timeline: int, histories: list[str], notes: list[str]):
+        """The history file of timeline, read with `repo-get` (decrypted by pgBackRest;
+        archive-push stores history files uncompressed). A missing or unreadable one is
+        a note, and the timeline is followed as if it had no ancestor: recovery across
+        the switch needs that file too, so the gap found is then real."""
+        name = f"{timeline:08X}.history"
+        if name not in histories:
+            notes.append(f"{name} is missing from the archive: recovery onto timeline {timeline} cannot follow its history")
+            return []
+        done = self._run("repo-get", [*self._base_args(repo), "repo-get", f"{path}/{name}"])
+        try:
+            return parse_history(done.stdout)
+        except WalNameError as exc:
+            notes.append(f"{name} cannot be read: {exc}")
+            return []
+
+    def _current_archive(self) -> tuple[str | None, int | None]:
+        """With no backup to start from: the archive id of the stanza's current database
+        (the highest database id whose archive holds WAL), from `info`."""
+        done = self._run("info", [*self._base_args(self.config.repo), "info", "--output=json"])
+        try:
+            data = json.loads(done.stdout)
+        except ValueError:
+            raise BackupSourceError(self._scrub(f"pgbackrest info did not print JSON: {_snippet(done.stdout)}")) from None
+        entry = next((e for e in data if isinstance(e, dict) and e.get("name") == self.config.stanza), None) if isinstance(data, list) else None
+        archives = [a for a in (entry or {}).get("archive") or [] if isinstance(a, dict) and a.get("max") and isinstance(a.get("id"), str)]
+        if not archives:
+            return None, None
+        best = max(archives, key=lambda a: (a.get("database") or {}).get("id") or 0)
+        return best["id"], (best.get("database") or {}).get("repo-key")

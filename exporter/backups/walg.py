@@ -24,6 +24,8 @@ from datetime import datetime
 from typing import Any
 
 from exporter.backups.base import BackupSource, BackupSourceError, BackupUnreadable, NoBackupFound
+from exporter.backups.wal import Segment, WalArchive, WalNameError, parse_segment, segment_of_name
+from exporter.backups.wal_listing import infer_segment_size
 from exporter.backups.command import fail, json_type, parse_json, parse_timestamp, require_int, run_source_tool
 from exporter.config import WalgBackup
 from exporter.redact import scrub
@@ -31,6 +33,7 @@ from exporter.result import PREVIOUS_SIZES_KEPT, BackupInfo
 
 BACKUP_LIST_ARGS = ["backup-list", "--detail", "--json"]
 WAL_VERIFY_ARGS = ["wal-verify", "integrity", "--json"]
+WAL_VERIFY_ARCHIVE_ARGS = ["wal-verify", "integrity", "timeline", "--json"]
 NO_BACKUPS = "No backups found"
 DELTA_MARK = "_D_"
 # Go's zero time.Time: WAL-G writes it where a backup has no metadata.
@@ -286,3 +289,160 @@ class WalgBackupSource(BackupSource):
                     "before it cannot cross the gap")
         return (f"at or after the start of the newest backup {info.id} ({start}): recovery from it "
                 "stops at the gap")
+
+    # --- the WAL archive (wal_continuity, the recovery window) ---------------------
+
+    def keeps_wal(self) -> bool:
+        # WAL-G's backups are restorable only with its WAL archive (archive_command =
+        # wal-g wal-push). wal-verify asks the server too (PGHOST... in env).
+        return True
+
+    def wal_archive(self, info: BackupInfo | None) -> WalArchive:
+        """``wal-g wal-verify integrity timeline --json``: WAL-G asks the server for its
+        current segment and walks the WAL folder back to the oldest backup's start. It
+        exits 0 whatever it finds: the ranges and statuses in its JSON are the answer."""
+        what = "wal-g wal-verify"
+        done = self._run(WAL_VERIFY_ARCHIVE_ARGS, what)
+        data = parse_json(done.stdout, what=what, secrets=self.secrets)
+        details = (info.details or {}) if info is not None else {}
+        start = details.get("wal_start_segment")
+        archive, lost_until = archive_from_verify(data, start if isinstance(start, str) else None, self.secrets)
+        # backup-list again (BackupInfo keeps only the newest): which backups start
+        # inside what wal-verify walked and after any lost segment.
+        listed = self._run(BACKUP_LIST_ARGS, "wal-g backup-list")
+        entries = parse_json(listed.stdout, what="wal-g backup-list", secrets=self.secrets) if listed.stdout.strip() else []
+        if not isinstance(entries, list):
+            fail(f"wal-g backup-list printed {json_type(entries)} where a list of backups was expected", self.secrets)
+        scanned_from = segment_of_name(archive.first) if archive.first else None
+        archive.window_start = window_start(entries, lost_until, scanned_from, self.secrets)
+        return archive
+
+
+_VERIFY = "wal-g wal-verify integrity timeline"
+
+
+def window_start(listed: list, lost_until: Segment | None, scanned_from: Segment | None, secrets=()) -> datetime | None:
+    """The recovery window's start: the finish_time of the oldest backup with metadata
+    (Go's zero time means none) whose start WAL wal-verify walked (it stops at the oldest
+    backup that is not permanent: the WAL after a permanent one may be gone) and that
+    starts after the last lost segment, if any."""
+    candidates = []
+    for index, entry in enumerate(listed):
+        if not isinstance(entry, dict):
+            continue
+        name = _entry_name(entry, index)
+        finished = parse_timestamp(entry.get("finish_time"), what=f"wal-g backup-list: {name}", key="finish_time",
+                                   secrets=secrets)
+        if finished.year <= _GO_ZERO_YEAR:
+            continue
+        begin = segment_of_name(str(entry.get("wal_file_name") or ""))
+        if lost_until is not None and (begin is None or begin.number <= lost_until.number):
+            continue
+        if scanned_from is not None and (begin is None or begin.number < scanned_from.number):
+            continue
+        candidates.append(finished)
+    return min(candidates, default=None)
+
+
+def archive_from_verify(data: Any, start: str | None, secrets=()) -> tuple[WalArchive, Segment | None]:
+    """WalArchive from wal-verify's JSON (shape: internal/databases/postgres in WAL-G:
+    {"integrity": {"status", "details": [{timeline_id, start_segment, end_segment,
+    segments_count, status}] or null}, "timeline": {"status", "details":
+    {current_timeline_id, highest_storage_timeline_id}}}), and the last segment lost
+    before ``start`` (the newest backup's start WAL), which bounds the window.
+
+    FOUND ranges are held; MISSING_LOST is the gap (the first one at or after
+    ``start``); MISSING_UPLOADING and MISSING_DELAYED are WAL-G's names for the newest
+    segments missing below the server's current one (up to its upload concurrency, then
+    WALG_INTEGRITY_MAX_DELAYED_WALS more): the tail still on its way, a note and not a
+    gap. Its newest FOUND segment is not necessarily recent enough: WAL-G gives no
+    times (last_archived_at stays None, said in the notes)."""
+    if not isinstance(data, dict) or not isinstance(data.get("integrity"), dict):
+        fail(f"{_VERIFY} printed no integrity result (expected {{\"integrity\": {{\"status\": ...}}}})", secrets)
+    integrity = data["integrity"]
+    status = integrity.get("status")
+    if status not in WAL_VERIFY_STATUSES:
+        fail(f"{_VERIFY}: unknown integrity status {status!r} (expected one of {', '.join(WAL_VERIFY_STATUSES)})", secrets)
+    rows = integrity.get("details") or []
+    if not isinstance(rows, list):
+        fail(f"{_VERIFY}: integrity details is {json_type(rows)}, not a list of segment ranges", secrets)
+    raw = []
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            fail(f"{_VERIFY}: integrity details entry {index} is {json_type(row)}", secrets)
+        for key in ("start_segment", "end_segment", "segments_count", "status"):
+            if key not in row:
+                fail(f"{_VERIFY}: integrity details entry {index} has no {key}", secrets)
+        if row["status"] not in SEGMENT_STATUSES:
+            fail(f"{_VERIFY}: integrity details entry {index} has unknown status {row['status']!r}", secrets)
+        raw.append(row)
+    size = infer_segment_size([str(r["start_segment"]) for r in raw] + [str(r["end_segment"]) for r in raw])
+    ranges = []
+    for index, row in enumerate(raw):
+        try:
+            first, last = parse_segment(str(row["start_segment"]), size), parse_segment(str(row["end_segment"]), size)
+        except WalNameError as exc:
+            fail(f"{_VERIFY}: integrity details entry {index}: {exc}", secrets)
+        if first.timeline != last.timeline or first.number > last.number:
+            fail(f"{_VERIFY}: integrity details entry {index} is not a range ({first.name}..{last.name})", secrets)
+        ranges.append((row["status"], first, last))
+    ranges.sort(key=lambda r: (r[1].number, r[1].timeline))
+
+    notes: list[str] = ["WAL-G gives no archive times: the newest segment's age is not known from wal-verify"]
+    archive = WalArchive(where="WAL-G wal-verify", notes=notes)
+    found = [(first, last) for kind, first, last in ranges if kind == "FOUND"]
+    if found:
+        archive.first = found[0][0].name
+        archive.last = max(found, key=lambda r: r[1].number)[1].name
+        archive.timeline = parse_segment(archive.last, size).timeline
+        held = set()
+        for first, last in found:
+            segment = first
+            while segment.number <= last.number:
+                held.add(segment.name)
+                segment = segment.next()
+        archive.names = frozenset(held)
+    else:
+        archive.names = frozenset()
+        notes.append("wal-verify found no WAL segment")
+
+    begin = None
+    if start is not None:
+        try:
+            begin = parse_segment(start, size)
+        except WalNameError as exc:
+            notes.append(f"the newest backup's start WAL is not a segment name ({exc})")
+    lost_until = None
+    for kind, first, last in ranges:
+        if kind != "MISSING_LOST":
+            continue
+        if begin is not None and last.number < begin.number:
+            lost_until = last
+            notes.append(f"{_LOST_BEFORE} {first.name}..{last.name} ({last.number - first.number + 1} segments), before the "
+                         f"newest backup's start {begin.name}: recovery from older backups stops there")
+            continue
+        if archive.gap is None:
+            archive.gap = (first if begin is None or first.number >= begin.number else begin.on(first.timeline)).name
+    if begin is not None:
+        archive.checked_from = begin.name
+        until = parse_segment(archive.gap, size).number if archive.gap else None
+        archive.segments_checked = sum(
+            max(0, min(last.number, until - 1 if until is not None else last.number) - max(first.number, begin.number) + 1)
+            for first, last in found
+        )
+    for kind, label in (("MISSING_UPLOADING", "probably still uploading"), ("MISSING_DELAYED", "probably delayed")):
+        spans = [f"{first.name}..{last.name}" for k, first, last in ranges if k == kind]
+        if spans:
+            notes.append(f"{label} (not counted as a gap): {', '.join(spans)}")
+    if status == "FAILURE" and archive.gap is None and lost_until is None:
+        fail(f"{_VERIFY} says FAILURE but lists no MISSING_LOST range", secrets)
+
+    timeline = data.get("timeline")
+    if isinstance(timeline, dict) and timeline.get("status") not in (None, "OK"):
+        said = timeline.get("details") if isinstance(timeline.get("details"), dict) else {}
+        notes.append(f"wal-verify timeline {timeline.get('status')}: the server is on timeline "
+                     f"{said.get('current_timeline_id')}, the storage's highest is {said.get('highest_storage_timeline_id')}")
+    return archive, lost_until
+
+
+_LOST_BEFORE = "WAL lost"

@@ -4,6 +4,7 @@ printed byte for byte by a stand-in barman executable."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -346,3 +347,104 @@ def test_recover_of_an_inactive_server_recovered_nothing(standin, tmp_path):
     binary = standin.dispatch("barman", {"recover": (b'{"_INFO": ["Skipping inactive server \'pg15\'"]}', 0)})
     with pytest.raises(BackupSourceError, match="recovered nothing .*Skipping inactive server"):
         barman(binary).recover(NEWEST, tmp_path, 30)
+
+
+# --- the WAL archive (wal_continuity, the recovery window) ----------------------------------
+# `barman -f json list-files --target wal SERVER ID` prints each path as an "_INFO"
+# message: json.dump(..., sort_keys=True) of {"_INFO": [path, ...]} (Barman's
+# JsonOutputWriter; the real command is run in test_barman_real.py).
+
+
+def _older_shown() -> bytes:
+    data = shown()
+    data["pg15"]["backup_id"] = OLDER
+    data["pg15"]["base_backup_information"]["end_time"] = "2026-11-27 17:37:55.120000+00:00"
+    return dumps(data)
+
+
+def _wal_barman(standin, paths: list[str], list_files_exit: int = 0, list_files: bytes | None = None) -> Path:
+    out = {"list": LIST, "show-new": SHOW, "show-old": _older_shown(),
+           "files": list_files if list_files is not None else dumps({"_INFO": paths} if paths else {})}
+    for key, data in out.items():
+        (standin.folder / f"{key}.json").write_bytes(data.read_bytes() if isinstance(data, Path) else data)
+    folder = standin.folder
+    return standin.script("barman", (
+        'case " $* " in\n'
+        f'  *" list-backups "*) cat {folder}/list.json ;;\n'
+        f'  *" show-backup pg15 {OLDER} "*) cat {folder}/show-old.json ;;\n'
+        f'  *" show-backup "*) cat {folder}/show-new.json ;;\n'
+        f'  *" list-files --target wal pg15 {NEWEST} "*) cat {folder}/files.json; exit {list_files_exit} ;;\n'
+        '  *) echo "stand-in: unexpected arguments: $*" >&2; exit 2 ;;\nesac\n'
+    ))
+
+
+def _wals(folder: Path, names: list[str], start: int = 1795801300) -> list[str]:
+    """Barman's wals layout (<timeline+log>/<name>) with each file's time set."""
+    paths = []
+    for offset, name in enumerate(names):
+        path = folder / "wals" / name[:16] / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"wal")
+        os.utime(path, (start + offset, start + offset))
+        paths.append(str(path))
+    return paths
+
+
+SEGMENTS = [f"0000000100000000000000{n:02X}" for n in range(0x0A, 0x0F)]  # 0A (the backup's begin_wal) .. 0E
+
+
+def test_wal_archive_reads_the_catalogue_and_the_files(standin, tmp_path):
+    paths = _wals(tmp_path, SEGMENTS)
+    history = str(tmp_path / "wals" / "00000001.history")  # listed with the segments, not one
+    source = barman(_wal_barman(standin, [*paths, history]))
+    archive = source.wal_archive(source.latest())
+    assert (archive.gap, archive.checked_from, archive.last, archive.segments_checked) == (
+        None, "00000001000000000000000A", "00000001000000000000000E", 5)
+    assert archive.last_archived_at == datetime.fromtimestamp(1795801304, timezone.utc)
+    # The oldest DONE backup's end_time, from its own show-backup.
+    assert archive.window_start == datetime(2026, 11, 27, 17, 37, 55, 120000, tzinfo=timezone.utc)
+
+
+def test_wal_archive_a_file_gone_from_disk_is_the_gap(standin, tmp_path):
+    paths = _wals(tmp_path, SEGMENTS)
+    Path(paths[2]).unlink()  # 0C: still in Barman's catalogue
+    source = barman(_wal_barman(standin, paths))
+    archive = source.wal_archive(source.latest())
+    assert archive.gap == "00000001000000000000000C" and archive.segments_checked == 2
+    assert any("1 segment(s) in Barman's catalogue are missing" in note for note in archive.notes)
+
+
+def test_wal_archive_a_segment_never_archived_is_the_gap(standin, tmp_path):
+    paths = _wals(tmp_path, [s for s in SEGMENTS if not s.endswith("0D")])
+    source = barman(_wal_barman(standin, paths))
+    assert source.wal_archive(source.latest()).gap == "00000001000000000000000D"
+
+
+def test_wal_archive_on_another_host_reads_the_catalogue_only(standin):
+    paths = [f"/nonexistent/barman/pg15/wals/{s[:16]}/{s}" for s in SEGMENTS if not s.endswith("0B")]
+    source = barman(_wal_barman(standin, paths))
+    archive = source.wal_archive(source.latest())
+    assert archive.gap == "00000001000000000000000B" and archive.last_archived_at is None
+    assert any("wals folder is not readable here" in note for note in archive.notes)
+
+
+def test_wal_archive_without_wal_listed_names_the_backups_own_wal(standin):
+    source = barman(_wal_barman(standin, []))
+    archive = source.wal_archive(source.latest())
+    assert archive.gap == "00000001000000000000000A" and archive.last is None
+
+
+def test_wal_archive_barmans_error_is_an_error_with_its_words(standin):
+    source = barman(_wal_barman(standin, [], 1, dumps({"_ERROR": ["Unknown backup '20261127T174138' for server 'pg15'"]})))
+    info = source.latest()
+    with pytest.raises(BackupSourceError, match="barman list-files --target wal pg15 20261127T174138: Unknown backup"):
+        source.wal_archive(info)
+
+
+def test_wal_archive_without_a_backup_says_so(standin):
+    archive = barman(standin.fails("barman", "not called")).wal_archive(None)
+    assert archive.last is None and archive.notes == ["no DONE backup: Barman lists WAL per backup, none was read"]
+
+
+def test_barman_keeps_wal():
+    assert barman("barman").keeps_wal() is True

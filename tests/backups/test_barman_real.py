@@ -254,3 +254,63 @@ def test_real_barman_missing_or_erroring_is_an_error(real_barman, barman_wrapper
         wrong_user.chmod(0o755)
         with pytest.raises(BackupSourceError, match=r"barman verify-backup: .*please run barman as"):
             real_source(real_barman, wrong_user).verify_readable(info, 150000)
+
+
+# --- the WAL archive (wal_continuity, the recovery window) ----------------------------------
+
+WAL_SWITCHES = 4
+
+
+@pytest.fixture(scope="module")
+def barman_wal(real_barman):
+    """More WAL after the backup: rows and WAL_SWITCHES switches, archived by Barman
+    (the fixture's other tests see only more WAL). One switch-wal --archive waits for
+    receive-wal to have streamed; archive-wal then files every finished segment."""
+    cluster_dsn = f"host={real_barman.socket_dir} user=postgres dbname=postgres"
+    with psycopg.connect(cluster_dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS w (g int)")
+        for _ in range(WAL_SWITCHES - 1):
+            conn.execute("INSERT INTO w SELECT generate_series(1, 1000)")
+            conn.execute("SELECT pg_switch_wal()")
+        conn.execute("INSERT INTO w SELECT generate_series(1, 1000)")
+    real_barman.barman("switch-wal", "--force", "--archive", "--archive-timeout", "60", SERVER)
+    real_barman.barman("archive-wal", SERVER)
+    real_barman.wal_done_at = time.time()
+    return real_barman
+
+
+def _wals_dir(repo: BarmanRepo) -> Path:
+    return repo.home / SERVER / "wals"
+
+
+def test_real_wal_archive_without_a_gap(barman_wal, barman_wrapper):
+    source = real_source(barman_wal, barman_wrapper)
+    info = source.latest()
+    started = time.monotonic()
+    archive = source.wal_archive(info)
+    print(f"\nreal barman wal_archive, healthy ({time.monotonic() - started:.2f}s): {archive.as_dict()}")
+    assert archive.gap is None and archive.checked_from == info.details["begin_wal"]
+    on_disk = sorted(p.name for p in _wals_dir(barman_wal).glob("*/*") if len(p.name) == 24)
+    assert archive.last == on_disk[-1] and archive.segments_checked >= WAL_SWITCHES
+    assert archive.timeline == 1 and archive.holds(info.details["begin_wal"]) is True
+    assert archive.window_start == info.finished_at  # one DONE backup: the oldest is the newest
+    assert info.finished_at <= archive.last_archived_at
+    assert archive.last_archived_at.timestamp() <= barman_wal.wal_done_at + 1
+
+
+def test_real_wal_archive_with_a_segment_deleted_names_the_gap(barman_wal, barman_wrapper):
+    copy = barman_wal.copy()
+    try:
+        source = real_source(copy, barman_wrapper)
+        info = source.latest()
+        begin = info.details["begin_wal"]
+        files = {p.name: p for p in _wals_dir(copy).glob("*/*") if len(p.name) == 24 and p.name > begin}
+        after = sorted(files)
+        victim = after[len(after) // 2]
+        files[victim].unlink()
+        archive = source.wal_archive(info)
+        print(f"\nreal barman wal_archive, {victim} deleted: {archive.as_dict()}")
+        assert archive.gap == victim and archive.last == after[-1]
+        assert any(f"missing from {_wals_dir(copy)}: {victim}" in note for note in archive.notes)
+    finally:
+        shutil.rmtree(copy.base, ignore_errors=True)

@@ -589,7 +589,7 @@ def test_verify_names_a_corrupt_wal_segment_the_newest_needs(tmp_path):
     with pytest.raises(BackupUnreadable) as caught:
         _verify(tmp_path, "wal-corrupt")
     assert str(caught.value) == (
-        "pgbackrest verify: invalid result '15-1/0000000100000000/000000010000000000000004-"
+        "pgbackrest verify: WAL segment 000000010000000000000004: invalid result '15-1/0000000100000000/000000010000000000000004-"
         "91810d02f126b15b5728621294e008d4073149fe.gz' ([29] raised from local-1 protocol: zlib threw error: [-3] data error) "
         "(stanza demo status error)"
     )
