@@ -58,6 +58,11 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "pgbv_rto_target_seconds": ("target",),
     "pgbv_restore_interval_seconds": ("target",),
     "pgbv_restore_rows": ("target", "table"),
+    "pgbv_recovery_window_start_timestamp_seconds": ("target",),
+    "pgbv_recovery_window_end_timestamp_seconds": ("target",),
+    "pgbv_restore_recovered_until_timestamp_seconds": ("target",),
+    "pgbv_restore_rpo_seconds": ("target",),
+    "pgbv_restore_rpo_objective_seconds": ("target",),
     "pgbv_exporter_build_info": ("version",),
 }
 # Series every target has from the first scrape (per-table, per-check and age-limit series excepted).
@@ -133,6 +138,14 @@ def full_snapshot() -> Snapshot:
         restore_duration_seconds=184.5,
         restore_last_success_timestamp=RUN_START - 86400 + 184.5,
         restore_rows={"public.appointments": 40, "public.users": 12},
+        # A WAL archive from the oldest base backup's end (9 days back) to 40 s before the run;
+        # the last drill replayed it to 2 min before the drill started (a day before).
+        keeps_wal=True,
+        recovery_window_start=RUN_START - 9 * 86400 + 1800,
+        recovery_window_end=RUN_START - 40,
+        rpo_objective_seconds=24 * 3600.0,
+        restore_recovered_until=RUN_START - 86400 - 120,
+        restore_rpo_seconds=120.5,
     )
     reporting = TargetSnapshot(
         name="reporting",
