@@ -299,6 +299,21 @@ SCENARIO = {
     "backup-old": ("success", 1, 550, 300, 1, 0),
     "backup-too-old": ("success", 1, 550, 100, 2, 0),
     "never-ran": (None, 0, 0, 0, 2, -1),
+    "rpo-over": ("success", 1, 550, 500, 2, 0),
+    "window-short": ("success", 1, 550, 500, 1, 0),
+    "window-ok": ("success", 1, 550, 500, 0, 0),
+    "window-unknown": ("success", 1, 550, 500, 0, 0),
+}
+# The WAL archive's series of some of them (the others have none): like PgbvRPOExceeded
+# (critical) and PgbvRecoveryWindowShort (warning, under 7 days; a 0 end or start is not known yet).
+SCENARIO_WAL = {
+    "rpo-over": {"pgbv_restore_rpo_seconds": 90000, "pgbv_restore_rpo_objective_seconds": 86400,
+                 "pgbv_recovery_window_start_timestamp_seconds": 100, "pgbv_recovery_window_end_timestamp_seconds": 900000},
+    "window-short": {"pgbv_restore_rpo_seconds": 600, "pgbv_restore_rpo_objective_seconds": 86400,
+                     "pgbv_recovery_window_start_timestamp_seconds": 100, "pgbv_recovery_window_end_timestamp_seconds": 500},
+    "window-ok": {"pgbv_restore_rpo_seconds": 0, "pgbv_restore_rpo_objective_seconds": 86400,
+                  "pgbv_recovery_window_start_timestamp_seconds": 100, "pgbv_recovery_window_end_timestamp_seconds": 700000},
+    "window-unknown": {"pgbv_recovery_window_start_timestamp_seconds": 0, "pgbv_recovery_window_end_timestamp_seconds": 500},
 }
 
 
@@ -321,6 +336,8 @@ def _scenario_series() -> list[dict]:
         if completion:
             add("pgbv_backup_warn_age_seconds", t, 200)
             add("pgbv_backup_max_age_seconds", t, 400)
+        for name, value in SCENARIO_WAL.get(target, {}).items():
+            add(name, t, value)
     return series
 
 
