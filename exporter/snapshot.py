@@ -20,7 +20,7 @@ import psycopg
 
 from exporter.backups import source_for
 from exporter.config import Settings, TargetConfig
-from exporter.record import GOOD_DRILL, newest_query, success_ratios
+from exporter.record import GOOD_DRILL, TARGET_OF, newest_query, success_ratios
 
 
 @dataclass(frozen=True)
@@ -123,13 +123,13 @@ def empty(settings: Settings) -> Snapshot:
 _LATEST_SQL = newest_query(["verified_at", "status", "verification_details"])
 _LAST_SUCCESS_SQL = newest_query(["verified_at"], "status = 'success'")
 
-_LAST_DRILL_SQL = newest_query(["verification_details->'restore'"], "verification_details ? 'restore'")
+_LAST_DRILL_SQL = newest_query(["verification_details->'restore'", "id"], "verification_details ? 'restore'")
 _LAST_GOOD_DRILL_SQL = newest_query(["verified_at", "verification_details->'restore'->'duration_seconds'"], GOOD_DRILL)
 
 
-def _drills(conn: psycopg.Connection, target: TargetConfig) -> tuple[dict[str, Any], dict | None]:
-    """The drill fields of the picture, and the newest drill's restore entry (None when
-    the target has no drill yet)."""
+def _drills(conn: psycopg.Connection, target: TargetConfig) -> tuple[dict[str, Any], tuple | None]:
+    """The drill fields of the picture, and the newest drill's (restore entry, row id)
+    (None when the target has no drill yet)."""
     if not target.restore.enabled:
         return {}, None
     params = {"target": target.name}
@@ -144,14 +144,21 @@ def _drills(conn: psycopg.Connection, target: TargetConfig) -> tuple[dict[str, A
         "restore_duration_seconds": float(duration) if isinstance(duration, (int, float)) else None,
         "restore_last_success_timestamp": good_end,
         "restore_rows": _int_map(drill.get("rows")),
-    }, (drill if last else None)
+    }, ((drill, last[1]) if last else None)
 
 
 # The recovery window comes from the newest run with a 'wal' entry (wal_continuity's
 # reading of the archive), the measured RPO from the newest drill that replayed the
 # archive to its end. Both are nearly always in the rows read already (the newest run,
-# the newest drill); this one statement reads older rows only when they are not.
-_HAS_WAL = "jsonb_typeof(verification_details->'wal') = 'object'"
+# the newest drill); one statement reads older rows only when they are not.
+#
+# Each older row looked at is a document to open, so neither search may walk the whole
+# log at every refresh. The window is looked for among the target's newest
+# WINDOW_LOOKBACK_RUNS runs only (a target whose runs have not read its archive for that
+# long has no known window: 0). The replay search has no such bound (a drill is weekly,
+# a run may be every few minutes) but its answer only changes with a new drill: it is
+# kept per target and newest drill, so it runs once per drill and process.
+WINDOW_LOOKBACK_RUNS = 100
 # A drill to a random point recovers to a time chosen inside the window: its distance
 # to the drill's start is not the recovery point, so only drills to the end count.
 _REPLAYED = (
@@ -159,7 +166,12 @@ _REPLAYED = (
     " AND verification_details->'restore'->>'recovered_until' IS NOT NULL"
     " AND coalesce(verification_details->'restore'->'recovery_target'->>'kind', 'latest') = 'latest'"
 )
-_NEWEST_WAL_SQL = newest_query(["verification_details->'wal'"], _HAS_WAL)
+# Rows without a target predate pgbv (the seed's script) and never read an archive.
+_NEWEST_WAL_SQL = (
+    "SELECT wal FROM (SELECT verified_at, verification_details->'wal' AS wal FROM backup_verification_log"
+    f" WHERE {TARGET_OF} = %(target)s ORDER BY verified_at DESC LIMIT {WINDOW_LOOKBACK_RUNS}) AS recent"
+    " WHERE jsonb_typeof(wal) = 'object' ORDER BY verified_at DESC LIMIT 1"
+)
 _NEWEST_REPLAY_SQL = newest_query(["verification_details->'restore'"], _REPLAYED)
 
 
@@ -196,23 +208,37 @@ def _rpo(restore: Any) -> dict[str, Any]:
     }
 
 
+# target name -> (row id of its newest drill, the measure found behind it). Rows are
+# never changed, so the measure stays right until a newer drill is recorded.
+_REPLAY_FOUND: dict[str, tuple[Any, dict[str, Any]]] = {}
+
+
 def _recovery(conn: psycopg.Connection, target: TargetConfig, base: TargetSnapshot, latest_details: dict | None,
-              last_drill: dict | None) -> dict[str, Any]:
+              last_drill: tuple | None) -> dict[str, Any]:
     """The recovery window and the measured RPO: from the rows at hand, and at most one
     more statement for what they lack."""
     if not base.keeps_wal:
         return {}
     found = _window(latest_details.get("wal")) if latest_details is not None else {}
-    measured = _rpo(last_drill) if base.rpo_objective_seconds is not None else {}
-    # No row at all, or no drill at all: nothing older to look for.
-    want_wal = latest_details is not None and not found
-    want_replay = base.rpo_objective_seconds is not None and last_drill is not None and not measured
+    measured: dict[str, Any] = {}
+    want_replay = False
+    if base.rpo_objective_seconds is not None and last_drill is not None:  # no drill yet: nothing to look for
+        drill, drill_id = last_drill
+        measured = _rpo(drill)
+        if not measured:
+            known = _REPLAY_FOUND.get(target.name)
+            if known is not None and known[0] == drill_id:
+                measured = known[1]
+            else:
+                want_replay = True
+    want_wal = latest_details is not None and not found  # no row at all: nothing older either
     if want_wal or want_replay:
         wal, restore = conn.execute(_older_sql(want_wal, want_replay), {"target": target.name}).fetchone()
         if want_wal:
             found = _window(wal)
         if want_replay:
             measured = _rpo(restore)
+            _REPLAY_FOUND[target.name] = (last_drill[1], measured)
     return {**found, **measured}
 
 

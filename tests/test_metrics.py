@@ -663,5 +663,48 @@ def test_the_older_rows_statement_keeps_to_the_target_index(log_db):
     with psycopg.connect(log_db) as conn:
         conn.execute("SET enable_seqscan = off")
         plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + snapshot._older_sql(True, True), {"target": "app"}))
-    assert plan.count("idx_backup_verification_log_target") >= 4, plan  # both halves of both reads
+    assert plan.count("idx_backup_verification_log_target") >= 3, plan  # the window's read, both halves of the replay's
     assert "Seq Scan" not in plan, plan
+
+
+def test_the_replay_search_runs_once_per_drill(log_db):
+    # A target that drills to random points only: its newest drill never measures the RPO,
+    # and the search behind it would walk the whole log at every refresh.
+    target = make_target(log_db, checks={}, backup=PGBACKREST, restore={"enabled": True, "target": "random"})
+    oldest = NOW - timedelta(days=9)
+    with psycopg.connect(log_db, autocommit=True) as conn:
+        measured_at = NOW - timedelta(days=6)
+        log_run(conn, measured_at, wal=wal_entry(oldest, measured_at),
+                restore=restore_entry(measured_at, measured_at - timedelta(minutes=10)))
+        random_at = NOW - timedelta(days=3)
+        log_run(conn, random_at, wal=wal_entry(oldest, random_at), restore=restore_entry(random_at, oldest, kind="random"))
+        first, statements, _ = read(conn, target)
+        assert statements == 6 and first.restore_rpo_seconds == 600.0
+        again, statements, _ = read(conn, target)
+        assert statements == 5 and again.restore_rpo_seconds == 600.0  # the same newest drill: known
+        # A newer drill that replayed to the end measures again, without a search.
+        latest_at = NOW - timedelta(hours=1)
+        log_run(conn, latest_at, wal=wal_entry(oldest, latest_at), restore=restore_entry(latest_at, latest_at - timedelta(minutes=2)))
+        measured, statements, _ = read(conn, target)
+        assert statements == 5 and measured.restore_rpo_seconds == 120.0
+        # Then a random one again: the search finds that newer measure, not the remembered one.
+        log_run(conn, NOW - timedelta(minutes=30), wal=wal_entry(oldest, NOW - timedelta(minutes=30)),
+                restore=restore_entry(NOW - timedelta(minutes=30), oldest, kind="random"))
+        after, statements, _ = read(conn, target)
+        assert statements == 6 and after.restore_rpo_seconds == 120.0
+
+
+def test_the_window_is_looked_for_among_the_newest_runs_only(log_db):
+    target = make_target(log_db, checks={}, backup=PGBACKREST)
+    start = NOW - timedelta(days=20)
+    with psycopg.connect(log_db, autocommit=True) as conn:
+        log_run(conn, NOW - timedelta(days=2), wal=wal_entry(start, NOW - timedelta(days=2)))
+        runs = snapshot.WINDOW_LOOKBACK_RUNS
+        for n in range(runs - 1, 0, -1):  # runs that never reached the target, nor read the archive
+            log_run(conn, NOW - timedelta(minutes=n), unreachable="connection refused")
+        within, _, _ = read(conn, target)
+        assert within.recovery_window_start == start.timestamp()
+        log_run(conn, NOW, unreachable="connection refused")
+        beyond, statements, found = read(conn, target)
+    assert statements == 4 and beyond.recovery_window_start is None
+    assert value(found, "pgbv_recovery_window_start_timestamp_seconds", target="app") == 0.0
