@@ -507,7 +507,8 @@ def restore_entry(started: datetime, recovered_until: datetime | None, kind: str
     return {
         "kind": "physical", "duration_seconds": 95.0, "rows": {"public.accounts": 50}, "outcome": outcome,
         "message": "restored", "recovered_until": recovered_until.isoformat() if recovered_until else None,
-        "rpo_seconds": rpo, "recovery_target": {"kind": kind, "time": recovered_until.isoformat() if kind == "random" and recovered_until else None},
+        "rpo_seconds": rpo,
+        "recovery_target": {"kind": kind, "time": recovered_until.isoformat() if kind == "random" and recovered_until else None},
     }
 
 
