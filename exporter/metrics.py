@@ -241,6 +241,43 @@ class SnapshotCollector(Collector):
                 restored.add_metric([t.name, table], float(t.restore_rows[table]))
         yield restored
 
+        # The WAL archive: only targets whose backup source keeps one have a recovery
+        # window; only those that also drill have a measured RPO. A 0 in an absent
+        # target's place would read as "nothing recoverable" and fire the rules.
+        archived = [t for t in targets if t.keeps_wal]
+        for name, help_text, value in (
+            ("pgbv_recovery_window_start_timestamp_seconds",
+             f"Oldest point a recovery can reach (the end of the oldest usable base backup), in Unix seconds; "
+             f"0 if not known; only for targets whose backup source keeps a WAL archive; {_CACHED}.",
+             lambda t: t.recovery_window_start),
+            ("pgbv_recovery_window_end_timestamp_seconds",
+             f"Newest point a recovery can reach (the time of the newest archived WAL), in Unix seconds; "
+             f"0 if not known; only for targets whose backup source keeps a WAL archive; {_CACHED}.",
+             lambda t: t.recovery_window_end),
+        ):
+            family = GaugeMetricFamily(name, help_text, labels=["target"])
+            for t in archived:
+                family.add_metric([t.name], _num(value(t)))
+            yield family
+        replayed = [t for t in archived if t.rpo_objective_seconds is not None]
+        for name, help_text, value in (
+            ("pgbv_restore_recovered_until_timestamp_seconds",
+             f"Newest point the last drill that replayed the WAL archive to its end recovered to (its copy's newest "
+             f"verified_at or replayed commit), in Unix seconds; 0 before the first; {_CACHED}.",
+             lambda t: t.restore_recovered_until),
+            ("pgbv_restore_rpo_seconds",
+             f"Recovery point measured by the last drill that replayed the WAL archive to its end: the drill's start "
+             f"minus the point recovered to; 0 before the first; {_CACHED}.",
+             lambda t: t.restore_rpo_seconds),
+            ("pgbv_restore_rpo_objective_seconds",
+             f"The recovery point objective a replaying drill is measured against (restore.rpo_hours), {_CONFIG}.",
+             lambda t: t.rpo_objective_seconds),
+        ):
+            family = GaugeMetricFamily(name, help_text, labels=["target"])
+            for t in replayed:
+                family.add_metric([t.name], _num(value(t)))
+            yield family
+
         build = GaugeMetricFamily(
             "pgbv_exporter_build_info", "Always 1; the version label names the running pgbv.", labels=["version"]
         )

@@ -18,8 +18,9 @@ from typing import Any
 
 import psycopg
 
+from exporter.backups import source_for
 from exporter.config import Settings, TargetConfig
-from exporter.record import GOOD_DRILL, newest_query, success_ratios
+from exporter.record import GOOD_DRILL, TARGET_OF, newest_query, success_ratios
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,14 @@ class TargetSnapshot:
     restore_duration_seconds: float | None = None
     restore_last_success_timestamp: float | None = None
     restore_rows: dict[str, int] = field(default_factory=dict)
+    # The WAL archive: only targets whose source keeps one have a recovery window,
+    # and only those that also drill have a measured RPO (None: the series are absent).
+    keeps_wal: bool = False
+    recovery_window_start: float | None = None  # the oldest point a recovery can reach
+    recovery_window_end: float | None = None  # the newest archived WAL's time
+    rpo_objective_seconds: float | None = None
+    restore_recovered_until: float | None = None  # newest drill that replayed to the archive's end
+    restore_rpo_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -63,10 +72,29 @@ class Snapshot:
     built_at: float = field(default_factory=time.time)
 
 
+# Sources that keep a WAL archive as configured. Stands in for
+# source_for(backup).keeps_wal() until every source answers it (on main it says False
+# for all); either saying yes is enough.
+_WAL_SOURCES = ("pgbackrest", "barman", "walg")
+
+
+def keeps_wal(target: TargetConfig) -> bool:
+    """Whether the target's backup source keeps a WAL archive: the recovery window
+    applies to it, and its physical drills replay the archive (the RPO applies)."""
+    backup = target.backup
+    if backup.source == "none":
+        return False
+    if backup.source in _WAL_SOURCES or (backup.source == "directory" and backup.wal_path is not None):
+        return True
+    source = source_for(backup)
+    return bool(source is not None and source.keeps_wal())
+
+
 def configured(target: TargetConfig) -> TargetSnapshot:
     """What is known of a target before anything was read: its limits, zeros elsewhere."""
     backup = target.backup
     has_backup = backup.source != "none"
+    wal = keeps_wal(target)
     return TargetSnapshot(
         name=target.name,
         warn_age_seconds=backup.warn_age_hours * 3600 if has_backup else None,
@@ -74,6 +102,8 @@ def configured(target: TargetConfig) -> TargetSnapshot:
         success_ratio_min=target.checks.min_success_ratio,
         rto_target_seconds=target.restore.rto_minutes * 60 if target.restore.enabled else None,
         restore_interval_seconds=target.restore.interval_days * 86400 if target.restore.enabled else None,
+        keeps_wal=wal,
+        rpo_objective_seconds=target.restore.rpo_hours * 3600 if wal and target.restore.enabled else None,
     )
 
 
@@ -93,13 +123,15 @@ def empty(settings: Settings) -> Snapshot:
 _LATEST_SQL = newest_query(["verified_at", "status", "verification_details"])
 _LAST_SUCCESS_SQL = newest_query(["verified_at"], "status = 'success'")
 
-_LAST_DRILL_SQL = newest_query(["verification_details->'restore'"], "verification_details ? 'restore'")
+_LAST_DRILL_SQL = newest_query(["verification_details->'restore'", "id"], "verification_details ? 'restore'")
 _LAST_GOOD_DRILL_SQL = newest_query(["verified_at", "verification_details->'restore'->'duration_seconds'"], GOOD_DRILL)
 
 
-def _drills(conn: psycopg.Connection, target: TargetConfig) -> dict[str, Any]:
+def _drills(conn: psycopg.Connection, target: TargetConfig) -> tuple[dict[str, Any], tuple | None]:
+    """The drill fields of the picture, and the newest drill's (restore entry, row id)
+    (None when the target has no drill yet)."""
     if not target.restore.enabled:
-        return {}
+        return {}, None
     params = {"target": target.name}
     last = conn.execute(_LAST_DRILL_SQL, params).fetchone()
     good = conn.execute(_LAST_GOOD_DRILL_SQL, params).fetchone()
@@ -112,7 +144,102 @@ def _drills(conn: psycopg.Connection, target: TargetConfig) -> dict[str, Any]:
         "restore_duration_seconds": float(duration) if isinstance(duration, (int, float)) else None,
         "restore_last_success_timestamp": good_end,
         "restore_rows": _int_map(drill.get("rows")),
+    }, ((drill, last[1]) if last else None)
+
+
+# The recovery window comes from the newest run with a 'wal' entry (wal_continuity's
+# reading of the archive), the measured RPO from the newest drill that replayed the
+# archive to its end. Both are nearly always in the rows read already (the newest run,
+# the newest drill); one statement reads older rows only when they are not.
+#
+# Each older row looked at is a document to open, so neither search may walk the whole
+# log at every refresh. The window is looked for among the target's newest
+# WINDOW_LOOKBACK_RUNS runs only (a target whose runs have not read its archive for that
+# long has no known window: 0). The replay search has no such bound (a drill is weekly,
+# a run may be every few minutes) but its answer only changes with a new drill: it is
+# kept per target and newest drill, so it runs once per drill and process.
+WINDOW_LOOKBACK_RUNS = 100
+# A drill to a random point recovers to a time chosen inside the window: its distance
+# to the drill's start is not the recovery point, so only drills to the end count.
+_REPLAYED = (
+    "verification_details ? 'restore'"
+    " AND verification_details->'restore'->>'recovered_until' IS NOT NULL"
+    " AND coalesce(verification_details->'restore'->'recovery_target'->>'kind', 'latest') = 'latest'"
+)
+# Rows without a target predate pgbv (the seed's script) and never read an archive.
+_NEWEST_WAL_SQL = (
+    "SELECT wal FROM (SELECT verified_at, verification_details->'wal' AS wal FROM backup_verification_log"
+    f" WHERE {TARGET_OF} = %(target)s ORDER BY verified_at DESC LIMIT {WINDOW_LOOKBACK_RUNS}) AS recent"
+    " WHERE jsonb_typeof(wal) = 'object' ORDER BY verified_at DESC LIMIT 1"
+)
+_NEWEST_REPLAY_SQL = newest_query(["verification_details->'restore'"], _REPLAYED)
+
+
+def _older_sql(wal: bool, replay: bool) -> str:
+    return (
+        f"SELECT {f'({_NEWEST_WAL_SQL})' if wal else 'NULL::jsonb'},"
+        f" {f'({_NEWEST_REPLAY_SQL})' if replay else 'NULL::jsonb'}"
+    )
+
+
+def _replayed(restore: Any) -> bool:
+    """Python's reading of _REPLAYED, for a restore entry already at hand."""
+    if not isinstance(restore, dict) or restore.get("recovered_until") is None:
+        return False
+    kind = restore.get("recovery_target", {}).get("kind") if isinstance(restore.get("recovery_target"), dict) else None
+    return kind in (None, "latest")
+
+
+def _window(wal: Any) -> dict[str, Any]:
+    """The recovery window fields from a 'wal' entry; {} when there is none."""
+    if not isinstance(wal, dict):
+        return {}
+    window = wal.get("recovery_window") if isinstance(wal.get("recovery_window"), dict) else {}
+    return {"recovery_window_start": _ts(window.get("start")), "recovery_window_end": _ts(window.get("end"))}
+
+
+def _rpo(restore: Any) -> dict[str, Any]:
+    if not _replayed(restore):
+        return {}
+    rpo = restore.get("rpo_seconds")
+    return {
+        "restore_recovered_until": _ts(restore.get("recovered_until")),
+        "restore_rpo_seconds": float(rpo) if isinstance(rpo, (int, float)) and not isinstance(rpo, bool) else None,
     }
+
+
+# target name -> (row id of its newest drill, the measure found behind it). Rows are
+# never changed, so the measure stays right until a newer drill is recorded.
+_REPLAY_FOUND: dict[str, tuple[Any, dict[str, Any]]] = {}
+
+
+def _recovery(conn: psycopg.Connection, target: TargetConfig, base: TargetSnapshot, latest_details: dict | None,
+              last_drill: tuple | None) -> dict[str, Any]:
+    """The recovery window and the measured RPO: from the rows at hand, and at most one
+    more statement for what they lack."""
+    if not base.keeps_wal:
+        return {}
+    found = _window(latest_details.get("wal")) if latest_details is not None else {}
+    measured: dict[str, Any] = {}
+    want_replay = False
+    if base.rpo_objective_seconds is not None and last_drill is not None:  # no drill yet: nothing to look for
+        drill, drill_id = last_drill
+        measured = _rpo(drill)
+        if not measured:
+            known = _REPLAY_FOUND.get(target.name)
+            if known is not None and known[0] == drill_id:
+                measured = known[1]
+            else:
+                want_replay = True
+    want_wal = latest_details is not None and not found  # no row at all: nothing older either
+    if want_wal or want_replay:
+        wal, restore = conn.execute(_older_sql(want_wal, want_replay), {"target": target.name}).fetchone()
+        if want_wal:
+            found = _window(wal)
+        if want_replay:
+            measured = _rpo(restore)
+            _REPLAY_FOUND[target.name] = (last_drill[1], measured)
+    return {**found, **measured}
 
 
 def _ts(moment: Any) -> float | None:
@@ -133,7 +260,9 @@ def _int_map(value: Any) -> dict[str, int]:
 
 
 def read_target(conn: psycopg.Connection, target: TargetConfig, up: bool, now: datetime | None = None) -> TargetSnapshot:
-    """The target's picture from its log database (3 statements, 5 with restore drills, whatever the table's size)."""
+    """The target's picture from its log database (3 statements, 5 with restore drills, whatever the table's
+    size; one more for a target with a WAL archive when its newest run or drill lacks the recovery window or
+    the replay)."""
     now = now or datetime.now(timezone.utc)
     base = configured(target)
     params = {"target": target.name}
@@ -144,11 +273,12 @@ def read_target(conn: psycopg.Connection, target: TargetConfig, up: bool, now: d
         "success_ratio": {window: runs.ratio for window, runs in windows.items()},
         "unreached_runs": {window: runs.unreached for window, runs in windows.items()},
     }
-    drills = _drills(conn, target)
+    drills, last_drill = _drills(conn, target)
     if latest is None:
         return TargetSnapshot(**{**base.__dict__, "up": up, **ratios, **drills})
     verified_at, status, details = latest
     details = details if isinstance(details, dict) else {}
+    recovery = _recovery(conn, target, base, details, last_drill)
     return TargetSnapshot(
         **{
             **base.__dict__,
@@ -157,6 +287,7 @@ def read_target(conn: psycopg.Connection, target: TargetConfig, up: bool, now: d
             "last_success_timestamp": _success_end(last_success, details, verified_at),
             **ratios,
             **drills,
+            **recovery,
         }
     )
 
@@ -189,7 +320,8 @@ def _run_fields(verified_at: datetime, status: str, details: dict) -> dict[str, 
 def with_spooled(picture: TargetSnapshot, row: Mapping[str, Any] | None) -> TargetSnapshot:
     """picture, with the spooled row (Spool.newest) as the newest run when that run is
     newer than the one the picture shows: while the log database cannot take the
-    rows, the runs of an outage (the backup checks, the backup's age) still show.
+    rows, the runs of an outage (the backup checks, the backup's age, the recovery
+    window when the row read the WAL archive) still show.
 
     The rest stays as read from the log table: success ratios and restore drills
     count recorded rows only, and catch up when the spool is flushed; up is not
@@ -208,7 +340,9 @@ def with_spooled(picture: TargetSnapshot, row: Mapping[str, Any] | None) -> Targ
     if picture.last_run_timestamp is not None and fields["last_run_timestamp"] <= picture.last_run_timestamp:
         return picture  # the table already shows this run (or a later one)
     success = fields["last_run_timestamp"] if row.get("status") == "success" else picture.last_success_timestamp
-    return replace(picture, **fields, last_success_timestamp=success)
+    # The archive keeps being read while the log database is away: its window shows.
+    window = _window(details.get("wal")) if picture.keeps_wal and isinstance(details, dict) else {}
+    return replace(picture, **fields, **window, last_success_timestamp=success)
 
 
 def _success_end(row: Any, latest_details: dict, latest_verified_at: datetime) -> float | None:

@@ -129,22 +129,28 @@ def metric_names(expr: str) -> set[str]:
 
 # Series that exist only for a target with a backup source ("backup"; the
 # completion time and size read 0 without one, and panels leave 0 out), with
-# restore drills enabled ("restore") or with row-level security tables ("rls").
+# restore drills enabled ("restore"), with row-level security tables ("rls") or
+# whose backup source keeps a WAL archive ("wal"; the measured RPO needs both
+# "wal" and "restore").
+_RPO_METRICS = frozenset({"pgbv_restore_recovered_until_timestamp_seconds", "pgbv_restore_rpo_seconds",
+                          "pgbv_restore_rpo_objective_seconds"})
 FEATURE_METRICS: dict[str, frozenset[str]] = {
     "backup": frozenset({"pgbv_backup_last_completion_timestamp_seconds", "pgbv_backup_age_seconds",
                          "pgbv_backup_size_bytes", "pgbv_backup_warn_age_seconds", "pgbv_backup_max_age_seconds"}),
     "restore": frozenset({"pgbv_restore_duration_seconds", "pgbv_restore_last_success_timestamp_seconds",
-                          "pgbv_rto_target_seconds", "pgbv_restore_interval_seconds", "pgbv_restore_rows"}),
+                          "pgbv_rto_target_seconds", "pgbv_restore_interval_seconds", "pgbv_restore_rows"}) | _RPO_METRICS,
     "rls": frozenset({"pgbv_rls_policies"}),
+    "wal": frozenset({"pgbv_recovery_window_start_timestamp_seconds",
+                      "pgbv_recovery_window_end_timestamp_seconds"}) | _RPO_METRICS,
 }
 
 
 def expression_needs(expr: str) -> frozenset[str]:
-    """The features ("backup", "restore", "rls") a target must have for this
+    """The features ("backup", "restore", "rls", "wal") a target must have for this
     expression to return data; empty when it always does. An expression that
     combines its parts with `or` (the fleet's severity, counts with a vector(0)
     fallback) returns data without them. tests/test_dashboards.py checks this
-    against the golden target "reporting", which has none of the three."""
+    against the golden target "reporting", which has none of them."""
     if re.search(r"\bor\b", expr):
         return frozenset()
     names = metric_names(expr)

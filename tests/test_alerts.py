@@ -16,6 +16,9 @@ RULES = ROOT / "alerts" / "pgbv.rules.yml"
 RULE_TESTS = sorted((ROOT / "alerts" / "tests").glob("*.tests.yml"))
 RUNBOOK = ROOT / "docs" / "RUNBOOK.md"
 
+# Alerts whose names an issue fixed (issue 14), outside the PgBackup... prefix.
+ISSUE_NAMED = {"PgbvRPOExceeded", "PgbvWALArchiveGap", "PgbvRecoveryWindowShort"}
+
 promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)")
 
 
@@ -48,7 +51,8 @@ def test_every_alert_fires_in_a_test_and_stays_quiet_in_another():
 def test_every_alert_is_complete_and_aggregates_replicas():
     for rule in alerts():
         name = rule["alert"]
-        assert name.startswith("PgBackup"), name
+        # Issue 14 named its three alerts Pgbv...; the older ones keep PgBackup...
+        assert name.startswith("PgBackup") or name in ISSUE_NAMED, name
         assert rule["labels"]["severity"] in ("warning", "critical"), name
         assert {"summary", "description", "runbook_url"} <= set(rule["annotations"]), name
         assert "{{ $labels.target }}" in rule["annotations"]["description"] or "instance" in rule["annotations"]["description"] \

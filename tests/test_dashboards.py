@@ -127,7 +127,10 @@ def test_overview_has_the_panels_the_issue_asks_for():
                    "pgbv_backup_size_bytes", "pgbv_table_rows", "pgbv_rls_policies",
                    "pgbv_restore_duration_seconds", "pgbv_rto_target_seconds",
                    "pgbv_restore_last_success_timestamp_seconds", "pgbv_restore_rows",
-                   "pgbv_next_run_timestamp_seconds", "pgbv_spool_rows"):
+                   "pgbv_next_run_timestamp_seconds", "pgbv_spool_rows",
+                   "pgbv_recovery_window_start_timestamp_seconds", "pgbv_recovery_window_end_timestamp_seconds",
+                   "pgbv_restore_rpo_seconds", "pgbv_restore_rpo_objective_seconds",
+                   "pgbv_restore_recovered_until_timestamp_seconds"):
         assert metric in exprs, f"the overview shows no {metric}"
     panels = {p["title"]: p for p in iter_panels(overview["panels"])}
     status = panels["Status"]["fieldConfig"]["defaults"]["mappings"][0]["options"]
@@ -268,11 +271,12 @@ def test_every_expression_returns_data_on_the_golden_exposition(tmp_path, target
 
 @promtool
 def test_expression_needs_says_which_panels_are_empty_for_a_target_without_backups_drills_or_rls(tmp_path):
-    """The golden target "reporting" has no backup source, no restore drill and no
-    RLS table: exactly the expressions that need one of those are empty for it."""
+    """The golden target "reporting" has no backup source, no restore drill, no
+    RLS table and no WAL archive: exactly the expressions that need one of those
+    are empty for it."""
     exprs = dashboard_expressions(target="reporting")
     needs = [expression_needs(expr) for expr in exprs]
-    assert {"backup", "restore", "rls"} <= set().union(*needs)
+    assert {"backup", "restore", "rls", "wal"} <= set().union(*needs)
     assert any(not n for n in needs)
     cases = [{"expr": expr if need else f"absent({expr})", "eval_time": "10m", "exp_samples": []}
              for expr, need in zip(exprs, needs)]
@@ -295,6 +299,21 @@ SCENARIO = {
     "backup-old": ("success", 1, 550, 300, 1, 0),
     "backup-too-old": ("success", 1, 550, 100, 2, 0),
     "never-ran": (None, 0, 0, 0, 2, -1),
+    "rpo-over": ("success", 1, 550, 500, 2, 0),
+    "window-short": ("success", 1, 550, 500, 1, 0),
+    "window-ok": ("success", 1, 550, 500, 0, 0),
+    "window-unknown": ("success", 1, 550, 500, 0, 0),
+}
+# The WAL archive's series of some of them (the others have none): like PgbvRPOExceeded
+# (critical) and PgbvRecoveryWindowShort (warning, under 7 days; a 0 end or start is not known yet).
+SCENARIO_WAL = {
+    "rpo-over": {"pgbv_restore_rpo_seconds": 90000, "pgbv_restore_rpo_objective_seconds": 86400,
+                 "pgbv_recovery_window_start_timestamp_seconds": 100, "pgbv_recovery_window_end_timestamp_seconds": 900000},
+    "window-short": {"pgbv_restore_rpo_seconds": 600, "pgbv_restore_rpo_objective_seconds": 86400,
+                     "pgbv_recovery_window_start_timestamp_seconds": 100, "pgbv_recovery_window_end_timestamp_seconds": 500},
+    "window-ok": {"pgbv_restore_rpo_seconds": 0, "pgbv_restore_rpo_objective_seconds": 86400,
+                  "pgbv_recovery_window_start_timestamp_seconds": 100, "pgbv_recovery_window_end_timestamp_seconds": 700000},
+    "window-unknown": {"pgbv_recovery_window_start_timestamp_seconds": 0, "pgbv_recovery_window_end_timestamp_seconds": 500},
 }
 
 
@@ -317,6 +336,8 @@ def _scenario_series() -> list[dict]:
         if completion:
             add("pgbv_backup_warn_age_seconds", t, 200)
             add("pgbv_backup_max_age_seconds", t, 400)
+        for name, value in SCENARIO_WAL.get(target, {}).items():
+            add(name, t, value)
     return series
 
 
@@ -352,6 +373,62 @@ def test_fleet_severity_and_status_rank_a_scenario_as_the_alerts_would(tmp_path)
         "promql_expr_test": [{"expr": e, "eval_time": "10m", "exp_samples": s} for e, s in cases],
     }]}
     path = tmp_path / "scenario.tests.yml"
+    path.write_text(yaml.safe_dump(tests, sort_keys=False, width=1000))
+    proc = _promtool("test", "rules", path.name, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# The recovery window and the measured RPO at time() = 600 s, from two replicas.
+# target: (window start, window end, measured RPO, RPO objective); None: no such series.
+RECOVERY = {
+    "drilled": (100, 500, 7200, 86400),  # window 400 s, newest WAL 100 s old, RPO 1/12 of its objective
+    "late": (100, 300, 172800, 86400),  # archive 300 s behind; RPO twice its objective
+    "fresh": (0, 550, 0, 86400),  # no base backup known yet, no replaying drill yet: left out
+    "window-only": (200, 590, None, None),  # a WAL archive, no drills
+    "logical": (None, None, None, None),  # no WAL archive: no series at all
+}
+
+
+@promtool
+def test_recovery_panels_show_what_is_known_and_leave_out_what_is_not(tmp_path):
+    series = []
+    for target, values in RECOVERY.items():
+        for name, value in zip(("pgbv_recovery_window_start_timestamp_seconds", "pgbv_recovery_window_end_timestamp_seconds",
+                                "pgbv_restore_rpo_seconds", "pgbv_restore_rpo_objective_seconds"), values):
+            if value is None:
+                continue
+            for pod in ("pgbv-0", "pgbv-1"):
+                series.append({"series": f'{name}{{target="{target}",job="pgbv",instance="{pod}:10047",pod="{pod}"}}',
+                               "values": f"{value}+0x20"})
+        series.append({"series": f'pgbv_up{{target="{target}",job="pgbv",instance="pgbv-0:10047",pod="pgbv-0"}}',
+                       "values": "1+0x20"})
+
+    def samples(pairs):
+        return [{"labels": f'{{job="pgbv", target="{t}"}}', "value": v} for t, v in pairs]
+
+    overview, fleet = "pgbv-overview.json", "pgbv-fleet.json"
+    window = samples([("drilled", 400), ("late", 200), ("window-only", 390)])
+    cases = [
+        (panel_expression(overview, "Recovery window", "A", target=".*"),
+         samples([("drilled", 100_000), ("late", 100_000), ("window-only", 200_000)])),
+        (panel_expression(overview, "Recovery window", "B", target=".*"),
+         samples([("drilled", 500_000), ("late", 300_000), ("fresh", 550_000), ("window-only", 590_000)])),
+        (panel_expression(overview, "Recovery window length and archive lag", "A", target=".*"), window),
+        (panel_expression(overview, "Recovery window length and archive lag", "B", target=".*"),
+         samples([("drilled", 100), ("late", 300), ("fresh", 50), ("window-only", 10)])),
+        (panel_expression(overview, "Measured RPO against the objective", "A", target=".*"),
+         samples([("drilled", 7200), ("late", 172800)])),
+        (panel_expression(overview, "Measured RPO against the objective", "B", target=".*"),
+         samples([("drilled", 86400), ("late", 86400), ("fresh", 86400)])),
+        (panel_expression(fleet, "Measured RPO by target, share of its objective", target=".*"),
+         samples([("drilled", 7200 / 86400), ("late", 2)])),
+        (panel_expression(fleet, "Recovery window by target", target=".*"), window),
+    ]
+    tests = {"rule_files": [], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m", "input_series": series,
+        "promql_expr_test": [{"expr": e, "eval_time": "10m", "exp_samples": s} for e, s in cases],
+    }]}
+    path = tmp_path / "recovery.tests.yml"
     path.write_text(yaml.safe_dump(tests, sort_keys=False, width=1000))
     proc = _promtool("test", "rules", path.name, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr

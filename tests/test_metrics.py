@@ -58,6 +58,11 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "pgbv_rto_target_seconds": ("target",),
     "pgbv_restore_interval_seconds": ("target",),
     "pgbv_restore_rows": ("target", "table"),
+    "pgbv_recovery_window_start_timestamp_seconds": ("target",),
+    "pgbv_recovery_window_end_timestamp_seconds": ("target",),
+    "pgbv_restore_recovered_until_timestamp_seconds": ("target",),
+    "pgbv_restore_rpo_seconds": ("target",),
+    "pgbv_restore_rpo_objective_seconds": ("target",),
     "pgbv_exporter_build_info": ("version",),
 }
 # Series every target has from the first scrape (per-table, per-check and age-limit series excepted).
@@ -133,6 +138,14 @@ def full_snapshot() -> Snapshot:
         restore_duration_seconds=184.5,
         restore_last_success_timestamp=RUN_START - 86400 + 184.5,
         restore_rows={"public.appointments": 40, "public.users": 12},
+        # A WAL archive from the oldest base backup's end (9 days back) to 40 s before the run;
+        # the last drill replayed it to 2 min before the drill started (a day before).
+        keeps_wal=True,
+        recovery_window_start=RUN_START - 9 * 86400 + 1800,
+        recovery_window_end=RUN_START - 40,
+        rpo_objective_seconds=24 * 3600.0,
+        restore_recovered_until=RUN_START - 86400 - 120,
+        restore_rpo_seconds=120.5,
     )
     reporting = TargetSnapshot(
         name="reporting",
@@ -442,3 +455,257 @@ def test_docs_list_exactly_the_exported_metrics():
     exported = {line.split()[2] for line in (root / "tests/golden/full.prom").read_text().splitlines() if line.startswith("# HELP")}
     documented = set(re.findall(r"^\| `(pgbv_[a-z_]+)` \|", (root / "docs/metrics.md").read_text(), re.MULTILINE))
     assert documented == exported
+
+
+# --- the recovery window and the measured RPO, from real log table rows (issue 14) -------------
+#
+# Rows of the shapes the wal_continuity check and the replaying drills record
+# (verification_details->'wal', ->'restore'), written through record.insert into a real
+# log table; the snapshot reads them back and the exposition shows them.
+
+from datetime import datetime, timedelta, timezone  # noqa: E402
+
+import psycopg  # noqa: E402
+
+from exporter import snapshot  # noqa: E402
+from exporter.migrate import migrate  # noqa: E402
+from exporter.result import BackupInfo, BackupLookup, CheckResult, RunResult  # noqa: E402
+from exporter.verify import write  # noqa: E402
+from tests.conftest import make_target  # noqa: E402
+
+NOW = datetime(2026, 3, 2, 5, 0, tzinfo=timezone.utc)
+PGBACKREST = {"source": "pgbackrest", "stanza": "main"}
+
+
+class Counting:
+    """A connection that counts the statements sent through it."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn, self.statements = conn, 0
+
+    def execute(self, *args, **kwargs):
+        self.statements += 1
+        return self.conn.execute(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def wal_entry(start: datetime | None, end: datetime | None, gap: str | None = None) -> dict:
+    """verification_details->'wal' as WalArchive.as_dict writes it."""
+    return {
+        "where": "pgbackrest stanza main", "first": "000000010000000000000002", "last": "00000001000000000000001F",
+        "last_archived_at": end.isoformat() if end else None, "checked_from": "000000010000000000000002",
+        "segments_checked": 30, "gap": gap, "timeline": 1,
+        "recovery_window": {"start": start.isoformat() if start else None, "end": end.isoformat() if end else None},
+    }
+
+
+def restore_entry(started: datetime, recovered_until: datetime | None, kind: str = "latest", outcome: str = "pass") -> dict:
+    """verification_details->'restore' of a physical drill; recovered_until None: it did not replay."""
+    rpo = (started - recovered_until).total_seconds() if recovered_until and kind == "latest" else None
+    return {
+        "kind": "physical", "duration_seconds": 95.0, "rows": {"public.accounts": 50}, "outcome": outcome,
+        "message": "restored", "recovered_until": recovered_until.isoformat() if recovered_until else None,
+        "rpo_seconds": rpo,
+        "recovery_target": {"kind": kind, "time": recovered_until.isoformat() if kind == "random" and recovered_until else None},
+    }
+
+
+def log_run(conn, at: datetime, *, wal: dict | None = None, restore: dict | None = None, unreachable: str | None = None,
+            target: str = "app") -> None:
+    checks = []
+    if unreachable is None:
+        checks.append(CheckResult("backup_age", "pass", "fresh"))
+        if wal is not None:
+            outcome = "fail" if wal.get("gap") else "pass"
+            checks.append(CheckResult("wal_continuity", outcome, f"first missing segment {wal['gap']}" if wal.get("gap")
+                                      else "no gap", data={"wal": wal}))
+        if restore is not None:
+            checks.append(CheckResult("restore", restore["outcome"], restore["message"]))
+            if restore.get("rpo_seconds") is not None:
+                checks.append(CheckResult("rpo", "pass", "within the objective", observed=restore["rpo_seconds"],
+                                          expected=86400.0))
+    facts = {k: v for k, v in (("wal", wal), ("restore", restore)) if v is not None}
+    result = RunResult(target, at, checks=checks, duration_seconds=2.0, facts=facts,
+                       backup=BackupLookup("pgbackrest", BackupInfo("20260301-050000F", at - timedelta(hours=1), 4096,
+                                                                    "pgbackrest full")))
+    result.unreachable = unreachable
+    write(conn, result)
+
+
+def read(conn, target) -> tuple[snapshot.TargetSnapshot, int, dict]:
+    counting = Counting(conn)
+    picture = snapshot.read_target(counting, target, up=True, now=NOW)
+    found = parse(render(Snapshot(targets=(picture,), schedule_interval_seconds=86400.0)))
+    return picture, counting.statements, found
+
+
+@pytest.fixture
+def log_db(make_db):
+    dsn = make_db()
+    migrate(make_target(dsn, checks={}))
+    return dsn
+
+
+def test_window_and_rpo_from_the_newest_run_and_drill_without_another_statement(log_db):
+    target = make_target(log_db, checks={}, backup=PGBACKREST, restore={"enabled": True, "rpo_hours": 12})
+    oldest = NOW - timedelta(days=9)
+    with psycopg.connect(log_db, autocommit=True) as conn:
+        log_run(conn, NOW - timedelta(days=2), wal=wal_entry(oldest, NOW - timedelta(days=2, minutes=1)))
+        drill_start = NOW - timedelta(days=1)
+        log_run(conn, drill_start, wal=wal_entry(oldest, drill_start - timedelta(minutes=1)),
+                restore=restore_entry(drill_start, drill_start - timedelta(seconds=95)))
+        picture, statements, found = read(conn, target)
+    # The newest run is the drill and carries the window: the 5 statements of a drilling target.
+    assert statements == 5
+    assert value(found, "pgbv_recovery_window_start_timestamp_seconds", target="app") == oldest.timestamp()
+    assert value(found, "pgbv_recovery_window_end_timestamp_seconds", target="app") == (drill_start - timedelta(minutes=1)).timestamp()
+    assert value(found, "pgbv_restore_recovered_until_timestamp_seconds", target="app") == (drill_start - timedelta(seconds=95)).timestamp()
+    assert value(found, "pgbv_restore_rpo_seconds", target="app") == 95.0
+    assert value(found, "pgbv_restore_rpo_objective_seconds", target="app") == 12 * 3600.0
+    assert value(found, "pgbv_check_success", target="app", check="wal_continuity") == 1.0
+    assert value(found, "pgbv_check_success", target="app", check="rpo") == 1.0
+    promtool_check(render(Snapshot(targets=(picture,), schedule_interval_seconds=86400.0)))
+
+
+def test_older_rows_fill_in_what_the_newest_run_and_drill_lack_in_one_statement(log_db):
+    target = make_target(log_db, checks={}, backup=PGBACKREST, restore={"enabled": True})
+    oldest = NOW - timedelta(days=9)
+    measured_at = NOW - timedelta(days=8)
+    with psycopg.connect(log_db, autocommit=True) as conn:
+        # A drill that replayed to the archive's end: the measure.
+        log_run(conn, measured_at, wal=wal_entry(oldest, measured_at - timedelta(minutes=3)),
+                restore=restore_entry(measured_at, measured_at - timedelta(minutes=7)))
+        # A point-in-time drill to a random time: not a recovery point, does not count.
+        random_at = NOW - timedelta(days=4)
+        log_run(conn, random_at, wal=wal_entry(oldest, random_at - timedelta(minutes=1)),
+                restore=restore_entry(random_at, oldest + timedelta(days=2), kind="random"))
+        # The newest drill failed before it replayed: the older measure stands.
+        failed_at = NOW - timedelta(days=1)
+        log_run(conn, failed_at, wal=wal_entry(oldest, failed_at - timedelta(minutes=2)),
+                restore=restore_entry(failed_at, None, outcome="fail"))
+        # The newest run could not reach the target, and read no archive: the window is the drill's run's.
+        log_run(conn, NOW - timedelta(hours=1), unreachable="connection refused")
+        picture, statements, found = read(conn, target)
+    assert statements == 6  # one more, for both
+    assert picture.recovery_window_end == (failed_at - timedelta(minutes=2)).timestamp()
+    assert picture.recovery_window_start == oldest.timestamp()
+    assert value(found, "pgbv_restore_recovered_until_timestamp_seconds", target="app") == (measured_at - timedelta(minutes=7)).timestamp()
+    assert value(found, "pgbv_restore_rpo_seconds", target="app") == 420.0
+    assert value(found, "pgbv_restore_rpo_objective_seconds", target="app") == 24 * 3600.0
+
+
+def test_a_wal_target_shows_zeros_before_anything_is_known(log_db):
+    target = make_target(log_db, checks={}, backup={"source": "directory", "path": "/var/backups/base",
+                                                   "wal_path": "/var/backups/wal"}, restore={"enabled": True})
+    with psycopg.connect(log_db, autocommit=True) as conn:
+        picture, statements, found = read(conn, target)
+        assert statements == 5  # an empty table: nothing older to look for
+        # Runs but no drill yet, and an archive that knows no base backup (start null).
+        log_run(conn, NOW - timedelta(hours=3), wal=wal_entry(None, NOW - timedelta(hours=3, minutes=1)))
+        picture, statements, later = read(conn, target)
+        assert statements == 5
+    for name in ("pgbv_recovery_window_start_timestamp_seconds", "pgbv_recovery_window_end_timestamp_seconds",
+                 "pgbv_restore_recovered_until_timestamp_seconds", "pgbv_restore_rpo_seconds"):
+        assert found[name] == {(("target", "app"),): 0.0}, name
+    assert found["pgbv_restore_rpo_objective_seconds"] == {(("target", "app"),): 86400.0}
+    assert value(later, "pgbv_recovery_window_start_timestamp_seconds", target="app") == 0.0
+    assert value(later, "pgbv_recovery_window_end_timestamp_seconds", target="app") == (NOW - timedelta(hours=3, minutes=1)).timestamp()
+    assert value(later, "pgbv_restore_rpo_seconds", target="app") == 0.0
+
+
+@pytest.mark.parametrize("backup, restore, window, rpo", [
+    ({"source": "directory", "path": "/var/backups/app", "pattern": "*.dump"}, {"enabled": True}, False, False),
+    ({"source": "none"}, {"enabled": False}, False, False),
+    (PGBACKREST, {"enabled": False}, True, False),  # a window, but no drill measures an RPO
+    ({"source": "barman", "server": "pg"}, {"enabled": True}, True, True),
+    ({"source": "walg"}, {"enabled": False}, True, False),  # WAL-G has no drill
+    ({"source": "command", "command": ["/bin/true"]}, {"enabled": True}, False, False),
+])
+def test_the_families_are_absent_for_targets_they_do_not_apply_to(log_db, backup, restore, window, rpo):
+    target = make_target(log_db, checks={}, backup=backup, restore=restore)
+    with psycopg.connect(log_db, autocommit=True) as conn:
+        # Even rows that carry the shapes do not make the series appear: the configuration decides.
+        drill_at = NOW - timedelta(hours=2)
+        log_run(conn, drill_at, wal=wal_entry(NOW - timedelta(days=3), drill_at),
+                restore=restore_entry(drill_at, drill_at - timedelta(minutes=1)))
+        _, _, found = read(conn, target)
+    assert bool(found["pgbv_recovery_window_start_timestamp_seconds"]) is window
+    assert bool(found["pgbv_recovery_window_end_timestamp_seconds"]) is window
+    for name in ("pgbv_restore_recovered_until_timestamp_seconds", "pgbv_restore_rpo_seconds",
+                 "pgbv_restore_rpo_objective_seconds"):
+        assert bool(found[name]) is rpo, name
+
+
+def test_a_spooled_run_moves_the_window_on(log_db, tmp_path):
+    from exporter.spool import Spool
+
+    target = make_target(log_db, checks={}, backup=PGBACKREST)
+    start = NOW - timedelta(days=9)
+    with psycopg.connect(log_db, autocommit=True) as conn:
+        log_run(conn, NOW - timedelta(hours=2), wal=wal_entry(start, NOW - timedelta(hours=2, minutes=1)))
+        table = snapshot.read_target(conn, target, up=False, now=NOW)
+    spool = Spool(tmp_path / "spool")
+    newest = RunResult("app", NOW - timedelta(minutes=5), checks=[CheckResult("wal_continuity", "pass", "no gap")],
+                       facts={"wal": wal_entry(start + timedelta(days=1), NOW - timedelta(minutes=6))})
+    spool.add("app", newest)
+    picture = snapshot.with_spooled(table, spool.newest("app"))
+    assert picture.recovery_window_start == (start + timedelta(days=1)).timestamp()
+    assert picture.recovery_window_end == (NOW - timedelta(minutes=6)).timestamp()
+    # A spooled run that did not read the archive leaves the table's window as it was.
+    spool.add("app", RunResult("app", NOW - timedelta(minutes=1), checks=[CheckResult("backup_age", "pass", "fresh")]))
+    later = snapshot.with_spooled(table, spool.newest("app"))
+    assert (later.recovery_window_start, later.recovery_window_end) == (table.recovery_window_start, table.recovery_window_end)
+    assert later.last_run_timestamp > table.last_run_timestamp
+
+
+def test_the_older_rows_statement_keeps_to_the_target_index(log_db):
+    with psycopg.connect(log_db) as conn:
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + snapshot._older_sql(True, True), {"target": "app"}))
+    assert plan.count("idx_backup_verification_log_target") >= 3, plan  # the window's read, both halves of the replay's
+    assert "Seq Scan" not in plan, plan
+
+
+def test_the_replay_search_runs_once_per_drill(log_db):
+    # A target that drills to random points only: its newest drill never measures the RPO,
+    # and the search behind it would walk the whole log at every refresh.
+    target = make_target(log_db, checks={}, backup=PGBACKREST, restore={"enabled": True, "target": "random"})
+    oldest = NOW - timedelta(days=9)
+    with psycopg.connect(log_db, autocommit=True) as conn:
+        measured_at = NOW - timedelta(days=6)
+        log_run(conn, measured_at, wal=wal_entry(oldest, measured_at),
+                restore=restore_entry(measured_at, measured_at - timedelta(minutes=10)))
+        random_at = NOW - timedelta(days=3)
+        log_run(conn, random_at, wal=wal_entry(oldest, random_at), restore=restore_entry(random_at, oldest, kind="random"))
+        first, statements, _ = read(conn, target)
+        assert statements == 6 and first.restore_rpo_seconds == 600.0
+        again, statements, _ = read(conn, target)
+        assert statements == 5 and again.restore_rpo_seconds == 600.0  # the same newest drill: known
+        # A newer drill that replayed to the end measures again, without a search.
+        latest_at = NOW - timedelta(hours=1)
+        log_run(conn, latest_at, wal=wal_entry(oldest, latest_at), restore=restore_entry(latest_at, latest_at - timedelta(minutes=2)))
+        measured, statements, _ = read(conn, target)
+        assert statements == 5 and measured.restore_rpo_seconds == 120.0
+        # Then a random one again: the search finds that newer measure, not the remembered one.
+        log_run(conn, NOW - timedelta(minutes=30), wal=wal_entry(oldest, NOW - timedelta(minutes=30)),
+                restore=restore_entry(NOW - timedelta(minutes=30), oldest, kind="random"))
+        after, statements, _ = read(conn, target)
+        assert statements == 6 and after.restore_rpo_seconds == 120.0
+
+
+def test_the_window_is_looked_for_among_the_newest_runs_only(log_db):
+    target = make_target(log_db, checks={}, backup=PGBACKREST)
+    start = NOW - timedelta(days=20)
+    with psycopg.connect(log_db, autocommit=True) as conn:
+        log_run(conn, NOW - timedelta(days=2), wal=wal_entry(start, NOW - timedelta(days=2)))
+        runs = snapshot.WINDOW_LOOKBACK_RUNS
+        for n in range(runs - 1, 0, -1):  # runs that never reached the target, nor read the archive
+            log_run(conn, NOW - timedelta(minutes=n), unreachable="connection refused")
+        within, _, _ = read(conn, target)
+        assert within.recovery_window_start == start.timestamp()
+        log_run(conn, NOW, unreachable="connection refused")
+        beyond, statements, found = read(conn, target)
+    assert statements == 4 and beyond.recovery_window_start is None
+    assert value(found, "pgbv_recovery_window_start_timestamp_seconds", target="app") == 0.0

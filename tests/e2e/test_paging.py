@@ -136,7 +136,7 @@ def test_dashboard_expressions_return_data(stack):
     """Every panel query, with Grafana's "All" values and with this exporter's own
     job/instance/target picked, runs without error and returns data, and every metric
     it names is in the live scrape."""
-    from tests.dashboard_exprs import metric_names
+    from tests.dashboard_exprs import FEATURE_METRICS, expression_needs, metric_names
 
     instance = stack.daemon.url.split("//", 1)[1]
     queries = dashboard_queries(target="app")
@@ -144,15 +144,20 @@ def test_dashboard_expressions_return_data(stack):
                 for where, expr in dashboard_queries(target="app", job="pgbv", instance=instance)]
     assert queries, "tests/dashboard_exprs.py returned no expressions"
     scraped = {name for name, _ in stack.daemon.scrape()}
+    # The stack's target keeps no WAL archive (pg_dump files): the recovery window and
+    # measured RPO series are absent for it by design (docs/metrics.md), so their panels
+    # are empty here; their queries must still run.
+    absent_here = FEATURE_METRICS["wal"]
     problems = []
     for where, expr in queries:
         answer = stack.query(expr)
         if answer.get("status") != "success":
             problems.append(f"{where}: {expr}\n    error: {answer.get('errorType')}: {answer.get('error')}")
             continue
-        if answer["data"]["resultType"] in ("vector", "matrix") and not answer["data"]["result"]:
+        empty = answer["data"]["resultType"] in ("vector", "matrix") and not answer["data"]["result"]
+        if empty and "wal" not in expression_needs(expr):
             problems.append(f"{where}: {expr}\n    no data")
-        missing = metric_names(expr) - scraped - PROMETHEUS_SERIES
+        missing = metric_names(expr) - scraped - PROMETHEUS_SERIES - absent_here
         if missing:
             problems.append(f"{where}: {expr}\n    not in the live scrape: {sorted(missing)}")
     print(f"\n{len(queries)} dashboard queries run against Prometheus, {len(problems)} problem(s)")
