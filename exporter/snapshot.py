@@ -72,21 +72,10 @@ class Snapshot:
     built_at: float = field(default_factory=time.time)
 
 
-# Sources that keep a WAL archive as configured. Stands in for
-# source_for(backup).keeps_wal() until every source answers it (on main it says False
-# for all); either saying yes is enough.
-_WAL_SOURCES = ("pgbackrest", "barman", "walg")
-
-
 def keeps_wal(target: TargetConfig) -> bool:
     """Whether the target's backup source keeps a WAL archive: the recovery window
     applies to it, and its physical drills replay the archive (the RPO applies)."""
-    backup = target.backup
-    if backup.source == "none":
-        return False
-    if backup.source in _WAL_SOURCES or (backup.source == "directory" and backup.wal_path is not None):
-        return True
-    source = source_for(backup)
+    source = source_for(target.backup)
     return bool(source is not None and source.keeps_wal())
 
 
