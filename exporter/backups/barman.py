@@ -248,6 +248,7 @@ class BarmanBackupSource(BackupSource):
             notes.append(f"later timelines exist ({', '.join(later)}): Barman lists WAL of the backup's timeline only")
         held = self._on_disk(segments, notes)
         archive = continuity(where, held, begin, [], window_start=self._window_start(info), notes=notes)
+        archive.later_timelines_unlisted = True
         return archive
 
     @staticmethod

@@ -177,6 +177,10 @@ class WalArchive:
     timeline: int | None = None
     window_start: datetime | None = None  # the oldest usable base backup's end: the recovery window's start
     names: frozenset[str] | None = field(default=None, repr=False)
+    # The source lists only ``timeline`` (Barman's catalogue lists the backup's own):
+    # a server archiving on a later one cannot be compared with it, which says nothing
+    # against the archive.
+    later_timelines_unlisted: bool = False
     notes: list[str] = field(default_factory=list)  # what the source could not tell
 
     def holds(self, name: str) -> bool | None:

@@ -65,6 +65,11 @@ def compare_live(archive: WalArchive, last_wal: str | None, last_time) -> tuple[
     held = archive.holds(segment)
     when = f" at {last_time.isoformat()}" if last_time is not None else ""
     server_timeline = int(segment[:8], 16)
+    if archive.timeline is not None and server_timeline > archive.timeline and archive.later_timelines_unlisted:
+        live["compared"] = False
+        live["reason"] = (f"the server archives on timeline {server_timeline}, and {archive.where} lists timeline "
+                          f"{archive.timeline} only: not compared")
+        return live, None
     if archive.timeline is not None and server_timeline > archive.timeline:
         # Held or not, recovery to the latest timeline never reaches it: the history
         # file of the timeline after archive.timeline is missing (or the source follows

@@ -403,6 +403,9 @@ def test_wal_archive_reads_the_catalogue_and_the_files(standin, tmp_path):
     assert archive.last_archived_at == datetime.fromtimestamp(1795801304, timezone.utc)
     # The oldest DONE backup's end_time, from its own show-backup.
     assert archive.window_start == datetime(2026, 11, 27, 17, 37, 55, 120000, tzinfo=timezone.utc)
+    # Barman's catalogue is one timeline's: wal_continuity must not read a server on a
+    # later one as archiving outside the archive.
+    assert archive.timeline == 1 and archive.later_timelines_unlisted is True
 
 
 def test_wal_archive_a_file_gone_from_disk_is_the_gap(standin, tmp_path):

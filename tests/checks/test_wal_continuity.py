@@ -489,3 +489,21 @@ def test_window_starts_at_the_oldest_backup_that_replays_to_the_end():
         assert datetime.fromisoformat(wal["recovery_window"]["start"]) > window_with_both
     finally:
         world.destroy()
+
+
+def test_a_server_on_a_timeline_the_source_does_not_list_is_not_compared():
+    """Barman's catalogue lists the backup's own timeline only: a server promoted since
+    archives on a later one, which is no evidence against the archive (it failed as
+    'no 00000002.history there' before)."""
+    from exporter.backups.wal import WalArchive
+    from exporter.checks.wal_continuity import compare_live
+
+    names = frozenset({"000000010000000000000004", "000000010000000000000005"})
+    listed_only = WalArchive(where="Barman server pg", last="000000010000000000000005", timeline=1, names=names,
+                             later_timelines_unlisted=True)
+    live, problem = compare_live(listed_only, "000000020000000000000007", None)
+    assert problem is None and live["compared"] is False and "lists timeline 1 only" in live["reason"]
+    # A source that lists every timeline it follows: the same server is a failure.
+    follows = WalArchive(where="WAL folder /w", last="000000010000000000000005", timeline=1, names=names)
+    live, problem = compare_live(follows, "000000020000000000000007", None)
+    assert problem is not None and "no 00000002.history there" in problem
