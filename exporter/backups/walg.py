@@ -219,29 +219,12 @@ class WalgBackupSource(BackupSource):
     def judge_integrity(self, data: Any, info: BackupInfo) -> str:
         what = "wal-g wal-verify integrity"
         secrets = self.secrets
-        if not isinstance(data, dict) or not isinstance(data.get("integrity"), dict):
-            fail(f"{what} printed no integrity result (expected {{\"integrity\": {{\"status\": ...}}}})", secrets)
-        integrity = data["integrity"]
-        status = integrity.get("status")
-        if status not in WAL_VERIFY_STATUSES:
-            fail(f"{what}: unknown status {status!r} (expected one of {', '.join(WAL_VERIFY_STATUSES)})", secrets)
-        rows = integrity.get("details")
-        if rows is None:
-            rows = []  # no segment was scanned
-        if not isinstance(rows, list):
-            fail(f"{what}: details is {json_type(rows)}, not a list of segment ranges", secrets)
-        ranges = []
-        for index, row in enumerate(rows):
-            if not isinstance(row, dict):
-                fail(f"{what}: details entry {index} is {json_type(row)}", secrets)
-            for key in ("start_segment", "end_segment", "segments_count", "status"):
-                if key not in row:
-                    fail(f"{what}: details entry {index} has no {key}", secrets)
-            if row["status"] not in SEGMENT_STATUSES:
-                fail(f"{what}: details entry {index} has unknown status {row['status']!r}", secrets)
-            count = require_int(row["segments_count"], what=what, key="segments_count", secrets=secrets)
-            ranges.append((row["status"], str(row["start_segment"]), str(row["end_segment"]), count,
-                           row.get("timeline_id")))
+        status, rows = integrity_rows(data, what, secrets)
+        ranges = [
+            (row["status"], str(row["start_segment"]), str(row["end_segment"]),
+             require_int(row["segments_count"], what=what, key="segments_count", secrets=secrets), row.get("timeline_id"))
+            for row in rows
+        ]
 
         def describe(status_name: str) -> list[str]:
             return [
@@ -321,6 +304,32 @@ class WalgBackupSource(BackupSource):
 _VERIFY = "wal-g wal-verify integrity timeline"
 
 
+def integrity_rows(data: Any, what: str, secrets=()) -> tuple[str, list[dict]]:
+    """wal-verify's integrity status and its segment ranges, each checked for the keys
+    and statuses WAL-G prints; BackupSourceError naming what is wrong otherwise. The
+    status is WAL-G's word only: it exits 0 on FAILURE too."""
+    if not isinstance(data, dict) or not isinstance(data.get("integrity"), dict):
+        fail(f"{what} printed no integrity result (expected {{\"integrity\": {{\"status\": ...}}}})", secrets)
+    integrity = data["integrity"]
+    status = integrity.get("status")
+    if status not in WAL_VERIFY_STATUSES:
+        fail(f"{what}: unknown status {status!r} (expected one of {', '.join(WAL_VERIFY_STATUSES)})", secrets)
+    rows = integrity.get("details")
+    if rows is None:
+        rows = []  # no segment was scanned
+    if not isinstance(rows, list):
+        fail(f"{what}: details is {json_type(rows)}, not a list of segment ranges", secrets)
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            fail(f"{what}: details entry {index} is {json_type(row)}", secrets)
+        for key in ("start_segment", "end_segment", "segments_count", "status"):
+            if key not in row:
+                fail(f"{what}: details entry {index} has no {key}", secrets)
+        if row["status"] not in SEGMENT_STATUSES:
+            fail(f"{what}: details entry {index} has unknown status {row['status']!r}", secrets)
+    return status, rows
+
+
 def window_start(listed: list, lost_until: Segment | None, scanned_from: Segment | None, secrets=()) -> datetime | None:
     """The recovery window's start: the finish_time of the oldest backup with metadata
     (Go's zero time means none) whose start WAL wal-verify walked (it stops at the oldest
@@ -357,25 +366,7 @@ def archive_from_verify(data: Any, start: str | None, secrets=()) -> tuple[WalAr
     WALG_INTEGRITY_MAX_DELAYED_WALS more): the tail still on its way, a note and not a
     gap. Its newest FOUND segment is not necessarily recent enough: WAL-G gives no
     times (last_archived_at stays None, said in the notes)."""
-    if not isinstance(data, dict) or not isinstance(data.get("integrity"), dict):
-        fail(f"{_VERIFY} printed no integrity result (expected {{\"integrity\": {{\"status\": ...}}}})", secrets)
-    integrity = data["integrity"]
-    status = integrity.get("status")
-    if status not in WAL_VERIFY_STATUSES:
-        fail(f"{_VERIFY}: unknown integrity status {status!r} (expected one of {', '.join(WAL_VERIFY_STATUSES)})", secrets)
-    rows = integrity.get("details") or []
-    if not isinstance(rows, list):
-        fail(f"{_VERIFY}: integrity details is {json_type(rows)}, not a list of segment ranges", secrets)
-    raw = []
-    for index, row in enumerate(rows):
-        if not isinstance(row, dict):
-            fail(f"{_VERIFY}: integrity details entry {index} is {json_type(row)}", secrets)
-        for key in ("start_segment", "end_segment", "segments_count", "status"):
-            if key not in row:
-                fail(f"{_VERIFY}: integrity details entry {index} has no {key}", secrets)
-        if row["status"] not in SEGMENT_STATUSES:
-            fail(f"{_VERIFY}: integrity details entry {index} has unknown status {row['status']!r}", secrets)
-        raw.append(row)
+    status, raw = integrity_rows(data, _VERIFY, secrets)
     size = infer_segment_size([str(r["start_segment"]) for r in raw] + [str(r["end_segment"]) for r in raw])
     ranges = []
     for index, row in enumerate(raw):

@@ -111,7 +111,7 @@ def test_standin_a_timeline_mismatch_is_a_note(standin):
 
 @pytest.mark.parametrize("verify, said", [
     (b'{"timeline":{"status":"OK","details":null}}', "printed no integrity result"),
-    (b'{"integrity":{"status":"BROKEN","details":null}}', "unknown integrity status 'BROKEN'"),
+    (b'{"integrity":{"status":"BROKEN","details":null}}', "unknown status 'BROKEN'"),
     (b'{"integrity":{"status":"FAILURE","details":null}}', "says FAILURE but lists no MISSING_LOST range"),
     (b'{"integrity":{"status":"OK","details":[{"timeline_id":1,"start_segment":"X","end_segment":"Y",'
      b'"segments_count":1,"status":"FOUND"}]}}', "entry 0: 'X' is not a WAL segment name"),
