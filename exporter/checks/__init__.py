@@ -26,6 +26,7 @@ ORDER: tuple[str, ...] = (
     "backup_content",
     "wal_archiving",
     "restore",
+    "rpo",
 )
 
 
