@@ -324,3 +324,59 @@ def test_rpo_is_an_error_when_the_drill_replayed_nothing_it_could_date():
                        drill_result=drill)
     judged = RPO.run(ctx)
     assert judged.outcome == "error" and "holds no time to date it by" in judged.message
+
+
+# --- pgBackRest: restore --type=default (latest) and --type=time (random) ----------------------
+
+from tests.backups.test_pgbackrest import STANZA, as_postgres_wrapper, real_repo  # noqa: E402,F401 (fixtures)
+
+
+@pytest.fixture(scope="module")
+def brest(real_repo):
+    """The pgBackRest repository's cluster with pgbv's log table and rounds of rows and
+    heartbeats after its newest backup, each round's segment pushed by archive-push."""
+    dsn = f"host={real_repo.socket_dir} dbname=postgres user=postgres"
+    migrate(make_target(dsn))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE events (id bigserial PRIMARY KEY, round int, at timestamptz DEFAULT clock_timestamp())")
+    real_repo.rounds = write_rounds(dsn)
+    real_repo.dsn = dsn
+    return real_repo
+
+
+def pgbackrest_target(repo, wrapper: Path, scratch: Path, **restore):
+    return make_target(
+        repo.dsn,
+        checks={"critical_tables": ["t"], "min_policies": {"t": 0}, "max_row_drop_percent": 10},
+        backup={"source": "pgbackrest", "stanza": STANZA, "config_file": str(repo.conf),
+                "binary": str(wrapper), "timeout_seconds": 300},
+        restore={"enabled": True, "scratch_dir": str(scratch), **restore},
+    )
+
+
+def test_pgbackrest_latest_drill_replays_the_archive_and_measures_the_rpo(brest, as_postgres_wrapper, scratch_dir):
+    started = time.monotonic()
+    result = verify_target(pgbackrest_target(brest, as_postgres_wrapper, scratch_dir), record_result=False, drill=True)
+    restore, rpo, drill = drill_of(result)
+    print(f"  pgBackRest replaying drill: {time.monotonic() - started:.1f} s")
+    assert restore.outcome == "pass", restore.message
+    assert drill["recovery_target"] == {"kind": "latest", "time": None} and drill["rows"] == {"t": 10000}
+    last = brest.rounds[-1]["verified_at"]
+    assert last <= parse(drill["recovered_until"]) < last + timedelta(seconds=3)
+    assert rpo.outcome == "pass", rpo.message
+    assert list(scratch_dir.iterdir()) == []
+
+
+def test_pgbackrest_random_drill_recovers_to_a_point_inside_the_window(brest, as_postgres_wrapper, scratch_dir):
+    result = verify_target(pgbackrest_target(brest, as_postgres_wrapper, scratch_dir, target="random"),
+                           record_result=False, drill=True, keep=True)
+    restore, rpo, drill = drill_of(result)
+    try:
+        assert restore.outcome == "pass", restore.message
+        point = parse(drill["recovery_target"]["time"])
+        assert drill["recovery_target"]["kind"] == "random" and point <= brest.rounds[-1]["verified_at"]
+        with psycopg.connect(restore.message.split("psql '")[1].split("'")[0]) as copy:
+            held = {row[0] for row in copy.execute("SELECT id::text FROM backup_verification_log")}
+        assert held == {r["id"] for r in brest.rounds if r["verified_at"] <= point}, point
+    finally:
+        _stop_kept(drill)
