@@ -285,12 +285,12 @@ def _replay_wal_folder(target: TargetConfig, folder: Path, data: Path, replay: R
     replaying.write_recovery(data, {"restore_command": command, **replaying.recovery_settings(replay)})
 
 
-def _measure(target: TargetConfig, result: DrillResult, replay: Replay, copy: psycopg.Connection,
+def _measure(target: TargetConfig, info: BackupInfo, result: DrillResult, replay: Replay, copy: psycopg.Connection,
              drill_started: datetime, deadline: float) -> None:
     """After recovery: the recovered-until time and RPO; for a random target, the copy's
     log against the live log."""
     replaying.wait_for_promotion(copy, deadline, target.restore.timeout_minutes)
-    reached = replaying.recovered_until(target, copy)
+    reached = replaying.recovered_until(target, copy, info.finished_at)
     result.notes += reached.notes
     if reached.at is not None:
         result.recovered_until = reached.at.astimezone(timezone.utc)
@@ -365,7 +365,7 @@ def drill_physical(target: TargetConfig, info: BackupInfo, keep: bool = False) -
         dbname = conninfo_to_dict(target.dsn).get("dbname") or role
         with _connect_when_ready(target, server.dsn(dbname, role), deadline) as copy:
             if replay is not None:
-                _measure(target, result, replay, copy, drill_started, deadline)
+                _measure(target, info, result, replay, copy, drill_started, deadline)
             result.restore_seconds = time.monotonic() - restore_started
             result.copy_checks = copy_checks(target, copy)
             names = list(dict.fromkeys(target.checks.critical_tables))

@@ -13,8 +13,9 @@ The recovered-until time is the newer of two facts read in the copy:
   replayed, which PostgreSQL keeps after promotion ("remains static at the time of
   the last transaction applied during that recovery").
 Both are commits the copy really holds, so the measured RPO is never optimistic:
-an idle database looks older than its archive, never newer. The time of the latest
-checkpoint is not used: after promotion it is the end-of-recovery checkpoint's,
+an idle database looks older than its archive, never newer. The backup's end is the
+floor: a consistent copy holds everything committed before it. The time of the
+latest checkpoint is not used: after promotion it is the end-of-recovery checkpoint's,
 written moments ago, which would claim a recovery point the archive never held.
 """
 
@@ -188,7 +189,9 @@ class RecoveredUntil:
     notes: list[str]
 
 
-def recovered_until(target: TargetConfig, copy: psycopg.Connection) -> RecoveredUntil:
+def recovered_until(target: TargetConfig, copy: psycopg.Connection, backup_end: datetime | None = None) -> RecoveredUntil:
+    """The newest of what the copy proves it holds: the heartbeat, the last replayed
+    commit, and (a floor) the backup's end, which a consistent copy always reaches."""
     notes: list[str] = []
     with copy.transaction():
         replayed = copy.execute("SELECT pg_last_xact_replay_timestamp()").fetchone()[0]
@@ -205,7 +208,11 @@ def recovered_until(target: TargetConfig, copy: psycopg.Connection) -> Recovered
     if replayed is None:
         notes.append("pg_last_xact_replay_timestamp() is NULL: no transaction was replayed from the archive")
     known = [t for t in (replayed, heartbeat) if t is not None]
-    return RecoveredUntil(max(known) if known else None, replayed, heartbeat, notes)
+    newest = max(known) if known else None
+    if backup_end is not None and (newest is None or newest < backup_end):
+        notes.append("nothing committed after the backup's end was replayed: recovered until the backup's end")
+        newest = backup_end
+    return RecoveredUntil(newest, replayed, heartbeat, notes)
 
 
 _RUNS = (

@@ -380,3 +380,32 @@ def test_pgbackrest_random_drill_recovers_to_a_point_inside_the_window(brest, as
         assert held == {r["id"] for r in brest.rounds if r["verified_at"] <= point}, point
     finally:
         _stop_kept(drill)
+
+
+# --- Barman: recover to the archive's end ------------------------------------------------------
+
+from tests.backups.test_barman_real import SERVER, barman_wrapper, real_barman  # noqa: E402,F401 (fixtures)
+
+
+def test_barman_latest_drill_replays_the_wal_barman_received(real_barman, barman_wrapper, scratch_dir):
+    dsn = f"host={real_barman.socket_dir} dbname=postgres user=postgres"
+    migrate(make_target(dsn))
+    heartbeats = []
+    for _ in range(2):
+        heartbeats.append(heartbeat(dsn))
+        # Streamed by receive-wal, then moved into Barman's archive.
+        real_barman.barman("switch-wal", "--force", "--archive", "--archive-timeout", "60", SERVER)
+    target = make_target(
+        dsn, checks={"critical_tables": ["t"], "min_policies": {"t": 0}, "max_row_drop_percent": 10},
+        backup={"source": "barman", "server": SERVER, "config_file": str(real_barman.conf),
+                "binary": str(barman_wrapper), "timeout_seconds": 300},
+        restore={"enabled": True, "scratch_dir": str(scratch_dir)},
+    )
+    result = verify_target(target, record_result=False, drill=True)
+    restore, rpo, drill = drill_of(result)
+    assert restore.outcome == "pass", restore.message
+    assert drill["recovery_target"] == {"kind": "latest", "time": None}
+    last = heartbeats[-1][1]
+    assert last <= parse(drill["recovered_until"]) < last + timedelta(seconds=3)
+    assert rpo.outcome == "pass", rpo.message
+    assert list(scratch_dir.iterdir()) == []
