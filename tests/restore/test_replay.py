@@ -382,6 +382,31 @@ def test_pgbackrest_random_drill_recovers_to_a_point_inside_the_window(brest, as
         _stop_kept(drill)
 
 
+
+def test_restore_drill_command_prints_the_recovered_until_time_and_the_rpo(brest, as_postgres_wrapper, scratch_dir, tmp_path):
+    import sys
+
+    import yaml
+
+    config = tmp_path / "pgbv.yml"
+    config.write_text(yaml.safe_dump({"targets": [{
+        "name": "app", "dsn": brest.dsn,
+        "checks": {"critical_tables": ["t"], "min_policies": {"t": 0}, "max_row_drop_percent": 10},
+        "backup": {"source": "pgbackrest", "stanza": STANZA, "config_file": str(brest.conf),
+                   "binary": str(as_postgres_wrapper), "timeout_seconds": 300},
+        "restore": {"enabled": True, "scratch_dir": str(scratch_dir)},
+    }]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PGBV_")}
+    done = subprocess.run([sys.executable, "-m", "exporter", "restore-drill", "--config", str(config)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("target app: recovered until ")), None)
+    print(f"\n  {line}")
+    assert line is not None, (done.returncode, done.stdout[-2000:], done.stderr[-2000:])
+    recovered = parse(line.split("recovered until ")[1].split(" ")[0])
+    assert recovered >= brest.rounds[-1]["verified_at"]
+    assert "(replayed to latest); measured RPO " in line and "(rpo: pass, objective < 24 h)" in line
+
+
 # --- Barman: recover to the archive's end ------------------------------------------------------
 
 from tests.backups.test_barman_real import SERVER, barman_wrapper, real_barman  # noqa: E402,F401 (fixtures)
