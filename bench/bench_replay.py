@@ -95,7 +95,7 @@ def build(setup: Setup, db_mb: float, wal_mb: float) -> dict:
     rows = int(db_mb * 2**20 / 140)  # about 140 bytes per row with its index
     with psycopg.connect(setup.dsn(), autocommit=True) as conn:
         conn.execute("CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL, note text NOT NULL)")
-        conn.execute("INSERT INTO accounts SELECT g, g % 1000, md5(g::text) FROM generate_series(1, %s) g", [rows])
+        conn.execute("INSERT INTO accounts SELECT g, g %% 1000, md5(g::text) FROM generate_series(1, %s) g", [rows])
         conn.execute("VACUUM ANALYZE accounts")
         db_bytes = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
     built = time.monotonic() - t
@@ -145,9 +145,17 @@ def raw_replay(setup: Setup, scratch: Path, label: str, n: int) -> float:
     t = time.monotonic()
     setup.pgbackrest("restore", f"--set={label}", "--type=default", "--archive-mode=off", f"--pg1-path={data}")
     as_postgres(pg_ctl, "-D", data, "-l", folder / "server.log", "-w", "-t", "7200", "-o", options, "start", timeout=7300)
-    with psycopg.connect(f"host={folder} port={PORT} dbname=postgres user=postgres", autocommit=True) as conn:
-        while conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
-            time.sleep(0.05)
+    # pg_ctl -w returns once the server is consistent; with hot_standby off it refuses
+    # connections until recovery has ended (the drill waits the same way).
+    while True:
+        try:
+            with psycopg.connect(f"host={folder} port={PORT} dbname=postgres user=postgres", autocommit=True) as conn:
+                if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+                    break
+        except psycopg.OperationalError as exc:
+            if "not accepting connections" not in str(exc) and "starting up" not in str(exc):
+                raise
+        time.sleep(0.2)
     seconds = time.monotonic() - t
     as_postgres(pg_ctl, "-D", data, "-m", "fast", "-w", "stop")
     shutil.rmtree(folder, ignore_errors=True)
@@ -174,7 +182,8 @@ def main() -> None:
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
     setup = Setup(base)
-    scratch = Path(tempfile.mkdtemp(prefix="pgbv-bench-replay-scratch-", dir=base))
+    # Short: the private server's socket path must stay under 108 bytes.
+    scratch = Path(tempfile.mkdtemp(prefix="pgbv-rb-"))
     os.chmod(scratch, 0o755)
     try:
         facts = build(setup, db_mb, wal_mb)
@@ -205,6 +214,7 @@ def main() -> None:
         if not args.keep:
             setup.cluster.destroy()
             shutil.rmtree(base, ignore_errors=True)
+            shutil.rmtree(scratch, ignore_errors=True)
 
     raw_med, drill_med = statistics.median(raws), statistics.median(drills)
     ratio = drill_med / raw_med

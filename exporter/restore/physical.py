@@ -195,8 +195,12 @@ def _connect_when_ready(target: TargetConfig, dsn: str, deadline: float) -> psyc
             return connect_dsn(dsn, None, target=target, what="restored copy", parallel=True)
         except TargetUnreachable as exc:
             still_starting = "not accepting connections" in exc.reason or "starting up" in exc.reason
-            if not still_starting or time.monotonic() > deadline:
+            if not still_starting:
                 raise RestoreFailed(f"the restored copy does not accept connections: {exc.reason}") from None
+            if time.monotonic() > deadline:
+                # Still replaying when the time is up: the drill ran out of time, the backup did not fail.
+                raise DrillError(f"the restored copy was still recovering when timeout_minutes "
+                                 f"({target.restore.timeout_minutes:g}) ran out: {exc.reason}") from None
             time.sleep(0.2)
 
 
@@ -286,10 +290,9 @@ def _replay_wal_folder(target: TargetConfig, folder: Path, data: Path, replay: R
 
 
 def _measure(target: TargetConfig, info: BackupInfo, result: DrillResult, replay: Replay, copy: psycopg.Connection,
-             drill_started: datetime, deadline: float) -> None:
+             drill_started: datetime) -> None:
     """After recovery: the recovered-until time and RPO; for a random target, the copy's
     log against the live log."""
-    replaying.wait_for_promotion(copy, deadline, target.restore.timeout_minutes)
     reached = replaying.recovered_until(target, copy, info.finished_at)
     result.notes += reached.notes
     if reached.at is not None:
@@ -328,7 +331,7 @@ def drill_physical(target: TargetConfig, info: BackupInfo, keep: bool = False) -
     else:
         result.recovery_target = replay.as_dict()
         if config.target == "random" and replay.time is None:
-            result.notes.append("restore.target random: no run in the live log after the backup's end to recover to; "
+            result.notes.append("restore.target random: the recovery window has no point after the backup's end yet; "
                                 "recovered to the archive's end instead")
     folder.mkdir(mode=0o700)
     server: PrivateServer | None = None
@@ -354,19 +357,23 @@ def drill_physical(target: TargetConfig, info: BackupInfo, keep: bool = False) -
         pg_ctl = _tool_of_major("pg_ctl", major, config.pg_bin_dir)
         server = PrivateServer(folder, data, pg_ctl, user)
         server.prepare()
+        role = conninfo_to_dict(target.dsn).get("user") or "postgres"
+        dbname = conninfo_to_dict(target.dsn).get("dbname") or role
         try:
+            # With hot_standby off, pg_ctl -w returns once the copy is consistent; a
+            # replaying copy answers only after recovery has ended, or stops on the way.
             server.start(max(deadline - time.monotonic(), 1))
+            copy = _connect_when_ready(target, server.dsn(dbname, role), deadline)
         except RestoreFailed:
             if replay is not None and replay.time is not None and replaying.recovery_ended_early(server.log_text()):
                 replaying.raise_target_unreached(replay, server.log_tail())
             raise
-
-        role = conninfo_to_dict(target.dsn).get("user") or "postgres"
-        dbname = conninfo_to_dict(target.dsn).get("dbname") or role
-        with _connect_when_ready(target, server.dsn(dbname, role), deadline) as copy:
+        with copy:
             if replay is not None:
-                _measure(target, info, result, replay, copy, drill_started, deadline)
+                replaying.wait_for_promotion(copy, deadline, config.timeout_minutes)
             result.restore_seconds = time.monotonic() - restore_started
+            if replay is not None:
+                _measure(target, info, result, replay, copy, drill_started)
             result.copy_checks = copy_checks(target, copy)
             names = list(dict.fromkeys(target.checks.critical_tables))
             result.rows = copy_counts(copy, names)

@@ -84,7 +84,7 @@ def newest_live_run(target: TargetConfig) -> datetime | None:
 
     try:
         with connect(target, log=True) as live, live.transaction():
-            if not _log_table_in_copy(live):
+            if not _has_log_table(live):
                 return None
             return live.execute(
                 f"SELECT max(verified_at) FROM backup_verification_log WHERE {BELONGS_TO_TARGET}", {"target": target.name}
@@ -93,15 +93,17 @@ def newest_live_run(target: TargetConfig) -> datetime | None:
         return None
 
 
-def plan(target: TargetConfig, info: BackupInfo, now: datetime, rng: random.Random | None = None) -> Replay | None:
+def plan(target: TargetConfig, info: BackupInfo, now: datetime) -> Replay | None:
     """The replay for this drill, or None when the backup has no archive to replay.
 
-    A random target is drawn from [the backup's end, the archive's end], and no later
-    than the newest run in the live log: PostgreSQL stops at a time target only on
-    reaching a commit after it (else "recovery ended before configured recovery target
-    was reached"), and that run's row is such a commit, archived when the archive's
-    end is past it. Without a point after the backup's end, the drill recovers to the
-    archive's end (latest) and says so."""
+    A random target is drawn from [the backup's end, the archive's end]. PostgreSQL
+    stops at a time target only on reaching a commit after it (else "recovery ended
+    before configured recovery target was reached"), so the archive's end must be a
+    time the archive holds commits past: the newest archived segment's time when the
+    source tells it (wal_archive), else the newest run in the live log (a commit,
+    archived once a segment switch followed it), else the drill's start. Without a
+    point after the backup's end, the drill recovers to the archive's end (latest)
+    and says so."""
     if not keeps_wal(target, info):
         return None
     if target.restore.target == "latest":
@@ -109,11 +111,10 @@ def plan(target: TargetConfig, info: BackupInfo, now: datetime, rng: random.Rand
     start = info.finished_at + _AFTER_BACKUP
     end = archive_end(target, info)
     known = end is not None
-    bounds = [t for t in (end, newest_live_run(target), now) if t is not None]
-    end = min(bounds)
+    end = min(end or newest_live_run(target) or now, now)
     if end <= start:
         return Replay("latest", window=(start, end), end_known=known)
-    offset = (rng or random.SystemRandom()).random() * (end - start).total_seconds()
+    offset = random.SystemRandom().random() * (end - start).total_seconds()
     point = (start + timedelta(seconds=offset)).astimezone(timezone.utc)
     return Replay("random", point, (start, end), known)
 
@@ -177,7 +178,7 @@ def wait_for_promotion(copy: psycopg.Connection, deadline: float, timeout_minute
         time.sleep(0.2)
 
 
-def _log_table_in_copy(copy: psycopg.Connection) -> bool:
+def _has_log_table(copy: psycopg.Connection) -> bool:
     return copy.execute("SELECT to_regclass('backup_verification_log') IS NOT NULL").fetchone()[0]
 
 
@@ -199,7 +200,7 @@ def recovered_until(target: TargetConfig, copy: psycopg.Connection, backup_end: 
         if target.log_dsn is not None:
             notes.append("the log table lives in log_dsn, not in the target: the copy holds no pgbv heartbeat, "
                          "so the recovered-until time is the last replayed commit's alone")
-        elif not _log_table_in_copy(copy):
+        elif not _has_log_table(copy):
             notes.append("the copy has no backup_verification_log (no pgbv heartbeat to read)")
         else:
             heartbeat = copy.execute(
@@ -262,7 +263,7 @@ def point_in_time_problems(target: TargetConfig, point: datetime, copy: psycopg.
     if target.log_dsn is not None:
         return [], ["the log table lives in log_dsn: the copy holds no runs to compare with the live log"]
     with copy.transaction():
-        present = _log_table_in_copy(copy)
+        present = _has_log_table(copy)
     if not present:
         return [], ["the copy has no backup_verification_log: no runs to compare with the live log"]
     copy_rows = log_runs(copy, target)

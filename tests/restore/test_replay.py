@@ -280,6 +280,23 @@ def test_random_target_fails_when_the_copy_lacks_a_run_the_live_log_has_before_t
             conn.execute("DELETE FROM backup_verification_log WHERE id = %s", [run_id])
 
 
+
+def test_random_target_the_archive_cannot_reach_fails_the_drill(archive, scratch_dir):
+    # Every segment written after the backup gone: no commit after any point in the
+    # window can be replayed, so recovery ends before the target and the drill fails.
+    wal = archive.copy_wal()
+    try:
+        (wal / archive.rounds[0]["segment"]).unlink()
+        result = verify_target(folder_target(archive, scratch_dir, wal, target="random"), record_result=False, drill=True)
+        restore, rpo = result.check("restore"), result.check("rpo")
+        print(f"\n  restore: {restore.outcome}: {restore.message}\n  rpo: {rpo.outcome}: {rpo.message}")
+        assert restore.outcome == "fail"
+        assert "ended before reaching it: the archive has a gap before that time" in restore.message
+        assert rpo.outcome == "error"
+        assert list(scratch_dir.iterdir()) == []
+    finally:
+        shutil.rmtree(wal, ignore_errors=True)
+
 def test_runs_in_flight_at_the_point_are_not_judged_and_extra_runs_are_named():
     point = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
     live = [("a", point - timedelta(minutes=5), 1.0), ("b", point - timedelta(seconds=2), 60.0),
