@@ -18,12 +18,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from exporter.checks.base import CheckContext
-from exporter.checks.rpo import CHECK as RPO
 from exporter.migrate import migrate
 from exporter.restore.physical import _kill_server
 from exporter.restore.replay import compare_runs
-from exporter.restore.result import DrillResult
 from exporter.restore.scratch import remove_folder
 from exporter.pgtools import find_tool, run_tool
 from exporter.verify import verify_target
@@ -305,42 +302,6 @@ def test_runs_in_flight_at_the_point_are_not_judged_and_extra_runs_are_named():
     problems = compare_runs(point, live, live)
     assert problems == [f"recovered to {point.isoformat()}, the copy holds 1 run(s) from after it; "
                         f"the first: c verified at {live[2][1].isoformat()}"]
-
-
-# --- the rpo check's thresholds on a measured drill --------------------------------------------
-
-
-def _judge(rpo_seconds: float, rpo_hours: float, kind: str = "latest") -> tuple[str, str]:
-    now = datetime.now(timezone.utc)
-    drill = DrillResult(kind="physical", scratch="-", backup_id="b", recovery_target={"kind": kind, "time": None},
-                        recovered_until=now - timedelta(seconds=rpo_seconds), rpo_seconds=rpo_seconds,
-                        replay_expected=True)
-    target = make_target("host=/nowhere dbname=x", backup={"source": "directory", "path": "/tmp", "wal_path": "/tmp"},
-                         restore={"enabled": True, "rpo_hours": rpo_hours})
-    ctx = CheckContext(target=target, conn=None, log_conn=None, backup=None, previous=None, now=now, drill=True,
-                       drill_result=drill)
-    judged = RPO.run(ctx)
-    return judged.outcome, judged.observed
-
-
-def test_rpo_passes_within_half_warns_past_half_and_fails_past_the_objective():
-    assert _judge(3600, 24) == ("pass", "1 h")
-    assert _judge(13 * 3600, 24) == ("warn", "13 h")
-    assert _judge(25 * 3600, 24) == ("fail", "25 h")
-    # A random point far back proves nothing about the objective: not measured, not failed.
-    assert _judge(25 * 3600, 24, kind="random")[0] == "error"
-
-
-def test_rpo_is_an_error_when_the_drill_replayed_nothing_it_could_date():
-    now = datetime.now(timezone.utc)
-    target = make_target("host=/nowhere dbname=x", backup={"source": "directory", "path": "/tmp", "wal_path": "/tmp"},
-                         restore={"enabled": True})
-    drill = DrillResult(kind="physical", scratch="-", backup_id="b", recovery_target={"kind": "latest", "time": None},
-                        notes=["pg_last_xact_replay_timestamp() is NULL"], replay_expected=True)
-    ctx = CheckContext(target=target, conn=None, log_conn=None, backup=None, previous=None, now=now, drill=True,
-                       drill_result=drill)
-    judged = RPO.run(ctx)
-    assert judged.outcome == "error" and "holds no time to date it by" in judged.message
 
 
 # --- pgBackRest: restore --type=default (latest) and --type=time (random) ----------------------
