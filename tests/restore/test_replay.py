@@ -165,6 +165,8 @@ def test_latest_drill_replays_the_wal_folder_to_its_end_and_rpo_passes(archive, 
     # The newest heartbeat is in the copy; its commit a moment later is the last replayed one.
     assert last <= recovered < last + timedelta(seconds=3), (recovered, last)
     assert 0 <= drill["rpo_seconds"] < 120
+    # PostgreSQL 15 keeps the last replayed commit's time after promotion.
+    assert not any("is NULL" in note for note in drill["notes"]), drill["notes"]
     assert rpo.outcome == "pass" and rpo.expected == "< 24 h", rpo.message
     assert rpo.data["recovered_until"] == drill["recovered_until"]
     assert list(scratch_dir.iterdir()) == []
@@ -230,6 +232,24 @@ def test_a_missing_wal_folder_is_a_drill_error(archive, scratch_dir, tmp_path):
     assert rpo.outcome == "error" and "did not complete" in rpo.message
     assert list(scratch_dir.iterdir()) == []
 
+
+
+def test_with_the_log_in_log_dsn_the_last_replayed_commit_dates_the_copy(archive, scratch_dir):
+    with psycopg.connect(archive.cluster.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE pgbvlog")
+    try:
+        target = folder_target(archive, scratch_dir, archive.wal).model_copy(
+            update={"log_dsn": archive.cluster.dsn("pgbvlog")})
+        result = verify_target(target, record_result=False, drill=True)
+        restore, rpo, drill = drill_of(result)
+        assert restore.outcome == "pass", restore.message
+        assert any("log_dsn" in note and "no pgbv heartbeat" in note for note in drill["notes"]), drill["notes"]
+        # The heartbeat rows in the target database are commits all the same.
+        assert parse(drill["recovered_until"]) >= archive.rounds[-1]["verified_at"]
+        assert rpo.outcome == "pass", rpo.message
+    finally:
+        with psycopg.connect(archive.cluster.dsn(), autocommit=True) as conn:
+            conn.execute("DROP DATABASE pgbvlog")
 
 # --- random: a point-in-time drill -----------------------------------------------------------
 
@@ -412,3 +432,30 @@ def test_barman_latest_drill_replays_the_wal_barman_received(real_barman, barman
     assert last <= parse(drill["recovered_until"]) < last + timedelta(seconds=3)
     assert rpo.outcome == "pass", rpo.message
     assert list(scratch_dir.iterdir()) == []
+
+
+def test_barman_random_drill_recovers_to_a_point_with_target_time(real_barman, barman_wrapper, scratch_dir):
+    dsn = f"host={real_barman.socket_dir} dbname=postgres user=postgres"
+    migrate(make_target(dsn))  # (again: a no-op after the test above)
+    heartbeats = []
+    for _ in range(2):
+        heartbeats.append(heartbeat(dsn))
+        real_barman.barman("switch-wal", "--force", "--archive", "--archive-timeout", "60", SERVER)
+    target = make_target(
+        dsn, checks={"critical_tables": ["t"], "min_policies": {"t": 0}, "max_row_drop_percent": 10},
+        backup={"source": "barman", "server": SERVER, "config_file": str(real_barman.conf),
+                "binary": str(barman_wrapper), "timeout_seconds": 300},
+        restore={"enabled": True, "scratch_dir": str(scratch_dir), "target": "random"},
+    )
+    result = verify_target(target, record_result=False, drill=True, keep=True)
+    restore, rpo, drill = drill_of(result)
+    try:
+        assert restore.outcome == "pass", restore.message
+        point = parse(drill["recovery_target"]["time"])
+        assert drill["recovery_target"]["kind"] == "random"
+        with psycopg.connect(restore.message.split("psql '")[1].split("'")[0]) as copy, psycopg.connect(dsn) as conn:
+            held = {row[0] for row in copy.execute("SELECT id::text FROM backup_verification_log")}
+            live = {row[0]: row[1] for row in conn.execute("SELECT id::text, verified_at FROM backup_verification_log")}
+        assert held == {rid for rid, at in live.items() if at <= point}, point
+    finally:
+        _stop_kept(drill)
