@@ -120,7 +120,30 @@ def cmd_restore_drill(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, interrupted)
     results = verify_all(settings, targets, drill=True, keep=args.keep)
-    return _report(results, args.format)
+    code = _report(results, args.format)
+    if args.format == "text":
+        for result in results:
+            line = _recovery_point_line(result)
+            if line:
+                print(line)
+    return code
+
+
+def _recovery_point_line(result) -> str | None:
+    """What a replaying drill measured, in one line: the recovered-until time and RPO."""
+    check = result.check("restore")
+    drill = (check.data.get("restore") if check is not None else None) or {}
+    target = drill.get("recovery_target")
+    if not target:
+        return None
+    if drill.get("recovered_until") is None:
+        return f"target {result.target}: the drill replayed the WAL archive ({target['kind']}) but measured no recovery point"
+    rpo = drill["rpo_seconds"]
+    judged = result.check("rpo")
+    verdict = f" (rpo: {judged.outcome}, objective {judged.expected})" if judged is not None else ""
+    towards = f" towards {target['time']}" if target.get("time") else ""
+    return (f"target {result.target}: recovered until {drill['recovered_until']} (replayed to {target['kind']}{towards}); "
+            f"measured RPO {rpo:.0f} s = {rpo / 3600:.2f} h{verdict}")
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

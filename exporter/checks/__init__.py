@@ -27,6 +27,7 @@ ORDER: tuple[str, ...] = (
     "wal_archiving",
     "wal_continuity",
     "restore",
+    "rpo",
 )
 
 

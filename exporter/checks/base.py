@@ -29,6 +29,8 @@ class CheckContext:
     keep: bool = False  # a drill leaves its scratch copy for inspection
     full_read: bool = False  # `pgbv verify --full-read`: every source's full read runs now, whatever its cadence
     accept: Any = None  # row_counts.Acceptance: `pgbv accept-rows` takes these counts as intended
+    # The restore check's DrillResult of this run (None: no drill ran), for rpo.
+    drill_result: Any = None
     # What find_tables said about each name this run (any of ROW_KINDS), None for no such relation.
     _tables: dict[str, Table | None] = field(default_factory=dict, repr=False)
 

@@ -37,6 +37,7 @@ class RestoreCheck(BackupCheck):
             return self.failed(f"backup {info.id} does not restore: {exc}", expected="restores without error")
         except DrillError as exc:
             return self.errored(f"the restore drill could not run: {exc}")
+        ctx.drill_result = result
         data = {"restore": result.as_dict()}
         rto = ctx.target.restore.rto_minutes * 60
         observed = {"duration_seconds": round(result.duration_seconds, 3), "rows": result.rows}
@@ -49,6 +50,9 @@ class RestoreCheck(BackupCheck):
             f"(pg_restore {result.restore_seconds:.1f} s); the copy passes {len(result.copy_checks)} checks and "
             f"holds {sum(v or 0 for v in result.rows.values())} rows in {len(result.rows)} critical tables"
         )
+        if result.recovered_until is not None:
+            summary += (f"; replayed the WAL archive ({result.recovery_target['kind']}) until "
+                        f"{result.recovered_until.isoformat()}, RPO {result.rpo_seconds:.0f} s")
         if result.kept_dsn:
             summary += f"; kept for inspection: psql '{result.kept_dsn}'"
         if result.notes:

@@ -1,7 +1,13 @@
 """Physical restore drills: a base backup (pg_basebackup folder, a pgBackRest
-backup restored with --type=immediate, or a Barman backup recovered with
---target-immediate) started as a private PostgreSQL on a Unix socket in a scratch
-folder, checked and compared like a logical copy, stopped and deleted.
+backup, or a Barman backup) started as a private PostgreSQL on a Unix socket in a
+scratch folder, checked and compared like a logical copy, stopped and deleted.
+
+Where the backup has a WAL archive (pgBackRest, Barman, a base backup folder with
+backup.wal_path) the copy replays it, to its end (restore.target latest: the
+recovered-until time gives the RPO) or to a random time inside the recovery window
+(restore.target random: a point-in-time drill), and is promoted; see
+exporter/restore/replay.py. A base backup folder without an archive starts at its
+own consistency point, as before, and measures no RPO.
 
 The private server is started with settings that keep it private and harmless
 whatever the production configuration it was copied with says: no TCP listener,
@@ -25,15 +31,17 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from exporter.backups.barman import BarmanBackupSource
+from exporter.backups.barman import BarmanBackupSource, _messages
 from exporter.backups.base import BackupSourceError, BackupUnreadable
+from exporter.backups.command import excerpt
 from exporter.config import TargetConfig
 from exporter.db import TargetUnreachable, connect_dsn
 from exporter.pgtools import Tool, ToolError, ToolNotFound, candidates, probe, run_tool
 from exporter.redact import scrub
-from exporter.restore import active
+from exporter.restore import active, replay as replaying
 from exporter.restore.compare import compare, copy_checks, copy_counts, live_counts
 from exporter.restore.result import DrillError, DrillResult, RestoreFailed
+from exporter.restore.replay import Replay
 from exporter.restore.scratch import created_at, remove_folder, scratch_name
 from exporter.result import BackupInfo
 
@@ -155,10 +163,15 @@ class PrivateServer:
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
             raise RestoreFailed(f"the restored copy did not start: {self.log_tail()}") from None
 
-    def log_tail(self) -> str:
+    def log_text(self) -> str:
         try:
-            lines = (self.folder / "server.log").read_text(errors="replace").strip().splitlines()
+            return (self.folder / "server.log").read_text(errors="replace")
         except OSError:
+            return ""
+
+    def log_tail(self) -> str:
+        lines = self.log_text().strip().splitlines()
+        if not (self.folder / "server.log").exists():
             return "no server log"
         return "; ".join(lines[-3:]) or "empty server log"
 
@@ -182,20 +195,32 @@ def _connect_when_ready(target: TargetConfig, dsn: str, deadline: float) -> psyc
             return connect_dsn(dsn, None, target=target, what="restored copy", parallel=True)
         except TargetUnreachable as exc:
             still_starting = "not accepting connections" in exc.reason or "starting up" in exc.reason
-            if not still_starting or time.monotonic() > deadline:
+            if not still_starting:
                 raise RestoreFailed(f"the restored copy does not accept connections: {exc.reason}") from None
+            if time.monotonic() > deadline:
+                # Still replaying when the time is up: the drill ran out of time, the backup did not fail.
+                raise DrillError(f"the restored copy was still recovering when timeout_minutes "
+                                 f"({target.restore.timeout_minutes:g}) ran out: {exc.reason}") from None
             time.sleep(0.2)
 
 
-def _restore_pgbackrest(target: TargetConfig, info: BackupInfo, data: Path, timeout: float, on_start) -> list[str]:
+def _restore_pgbackrest(target: TargetConfig, info: BackupInfo, data: Path, timeout: float, on_start,
+                        replay: Replay | None) -> list[str]:
     config = target.backup
     args = [f"--stanza={config.stanza}"]
     if config.config_file:
         args.append(f"--config={config.config_file}")
     if config.repo:
         args.append(f"--repo={config.repo}")
-    args += ["restore", f"--set={info.id}", "--type=immediate", "--target-action=promote",
-             "--archive-mode=off", f"--pg1-path={data}"]
+    # pgBackRest writes recovery.signal and its own archive-get restore_command: the
+    # copy reads the archive as a real recovery would.
+    if replay is None:
+        how = ["--type=immediate", "--target-action=promote"]
+    elif replay.time is None:
+        how = ["--type=default"]
+    else:
+        how = ["--type=time", f"--target={replay.time.isoformat(sep=' ')}", "--target-action=promote"]
+    args += ["restore", f"--set={info.id}", *how, "--archive-mode=off", f"--pg1-path={data}"]
     try:
         run_tool(config.binary, args, timeout=timeout, on_start=on_start)
     except ToolError as exc:
@@ -204,12 +229,42 @@ def _restore_pgbackrest(target: TargetConfig, info: BackupInfo, data: Path, time
     return []
 
 
-def _restore_barman(target: TargetConfig, info: BackupInfo, data: Path, timeout: float, on_start) -> list[str]:
+def _barman_recover(source: BarmanBackupSource, backup_id: str, destination: Path, timeout: float, on_start,
+                    replay: Replay) -> list[str]:
+    """``barman recover`` to the archive's end or to a time (BarmanBackupSource.recover
+    stops at consistency): to the end, Barman copies every archived segment after the
+    backup into pg_wal and writes no recovery settings; to a time, it copies them into
+    barman_wal and writes a restore_command reading them."""
+    server = source.config.server
+    what = f"barman recover {server} {backup_id}"
+    flags = [] if replay.time is None else ["--target-time", replay.time.isoformat(sep=" "), "--target-action", "promote"]
+    done, data = source._run_barman("recover", *flags, server, backup_id, str(destination), timeout=timeout, on_start=on_start)
+    errors = _messages(data, "_ERROR") + _messages(data, "_EXCEPTION")
+    if errors:
+        raise BackupUnreadable(f"{what}: {'; '.join(errors)}")
+    if done.returncode != 0:
+        raise BackupSourceError(f"{what} exited with code {done.returncode}: {excerpt(done.stdout)!r}")
+    if "recovery_start_time" not in data:
+        said = "; ".join(_messages(data, "_WARNING") + _messages(data, "_INFO"))
+        raise BackupSourceError(f"{what} recovered nothing (exit 0 without a recovery report)" + (f"; it said: {said}" if said else ""))
+    if replay.time is None:
+        # An archive recovery (not the crash recovery Barman leaves) over the WAL it put
+        # in pg_wal: PostgreSQL then keeps the last replayed commit's time and promotes.
+        # restore_command "false" finds nothing, so every segment is read from pg_wal.
+        replaying.write_recovery(destination, {"restore_command": "false"})
+    return [str(w) for w in data.get("warnings") or [] if w]
+
+
+def _restore_barman(target: TargetConfig, info: BackupInfo, data: Path, timeout: float, on_start,
+                    replay: Replay | None) -> list[str]:
     # Local recovery: Barman's user writes into data, so it must be the drill's user
     # (restore.os_user) or able to write into that user's folder.
     source = BarmanBackupSource(target.backup)
     try:
-        warnings = source.recover(info.id, data, timeout, on_start=on_start)
+        if replay is None:
+            warnings = source.recover(info.id, data, timeout, on_start=on_start)
+        else:
+            warnings = _barman_recover(source, info.id, data, timeout, on_start, replay)
     except BackupUnreadable as exc:
         raise RestoreFailed(scrub(str(exc), target.secrets())) from None
     except BackupSourceError as exc:
@@ -226,10 +281,38 @@ def _tool_restore(kind: str):
     return next((restore for prefix, restore in _TOOL_RESTORES.items() if kind.startswith(prefix)), None)
 
 
+def _replay_wal_folder(target: TargetConfig, folder: Path, data: Path, replay: Replay) -> None:
+    wal_path = Path(target.backup.wal_path)
+    if not wal_path.is_dir():
+        raise DrillError(f"backup.wal_path {wal_path} is not a folder: the drill has no WAL archive to replay")
+    command = replaying.wal_folder_restore_command(folder, wal_path)
+    replaying.write_recovery(data, {"restore_command": command, **replaying.recovery_settings(replay)})
+
+
+def _measure(target: TargetConfig, info: BackupInfo, result: DrillResult, replay: Replay, copy: psycopg.Connection,
+             drill_started: datetime) -> None:
+    """After recovery: the recovered-until time and RPO; for a random target, the copy's
+    log against the live log."""
+    reached = replaying.recovered_until(target, copy, info.finished_at)
+    result.notes += reached.notes
+    if reached.at is not None:
+        result.recovered_until = reached.at.astimezone(timezone.utc)
+        # Commits made after the drill started may be archived and replayed while it runs.
+        result.rpo_seconds = max((drill_started - result.recovered_until).total_seconds(), 0.0)
+    if replay.time is not None:
+        problems, notes = replaying.point_in_time_problems(target, replay.time, copy)
+        result.problems += problems
+        result.notes += notes
+        if not replay.end_known:
+            result.notes.append("the source did not tell the archive's end: the random target was drawn up to the newest run "
+                                "in the live log (or the drill's start)")
+
+
 def drill_physical(target: TargetConfig, info: BackupInfo, keep: bool = False) -> DrillResult:
     config = target.restore
     deadline = time.monotonic() + config.timeout_minutes * 60
     started = time.monotonic()
+    drill_started = datetime.now(timezone.utc)
     user = drill_user(target)
     base = scratch_base(target)
     base.mkdir(parents=True, exist_ok=True)
@@ -241,6 +324,15 @@ def drill_physical(target: TargetConfig, info: BackupInfo, keep: bool = False) -
     folder = base / name
     data = folder / "data"
     result = DrillResult(kind="physical", scratch=str(folder), backup_id=info.id)
+    replay = replaying.plan(target, info, drill_started)
+    result.replay_expected = replay is not None
+    if replay is None:
+        result.notes.append("no WAL archive to replay (backup.wal_path unset): the copy stops at the backup's end; no RPO measured")
+    else:
+        result.recovery_target = replay.as_dict()
+        if config.target == "random" and replay.time is None:
+            result.notes.append("restore.target random: the recovery window has no point after the backup's end yet; "
+                                "recovered to the archive's end instead")
     folder.mkdir(mode=0o700)
     server: PrivateServer | None = None
     active.register(name, lambda: (server.stop() if server else None, remove_folder(folder)))
@@ -253,9 +345,11 @@ def drill_physical(target: TargetConfig, info: BackupInfo, keep: bool = False) -
                 shutil.chown(folder, user)
                 shutil.chown(data, user)
             result.notes += restore(target, info, data, max(deadline - time.monotonic(), 1),
-                                    lambda proc: active.register_process(name, proc))
+                                    lambda proc: active.register_process(name, proc), replay)
         else:
             shutil.copytree(info.location, data, symlinks=True)
+            if replay is not None:
+                _replay_wal_folder(target, folder, data, replay)
         try:
             major = int((data / "PG_VERSION").read_text().strip())
         except (OSError, ValueError):
@@ -263,12 +357,23 @@ def drill_physical(target: TargetConfig, info: BackupInfo, keep: bool = False) -
         pg_ctl = _tool_of_major("pg_ctl", major, config.pg_bin_dir)
         server = PrivateServer(folder, data, pg_ctl, user)
         server.prepare()
-        server.start(max(deadline - time.monotonic(), 1))
-        result.restore_seconds = time.monotonic() - restore_started
-
         role = conninfo_to_dict(target.dsn).get("user") or "postgres"
         dbname = conninfo_to_dict(target.dsn).get("dbname") or role
-        with _connect_when_ready(target, server.dsn(dbname, role), deadline) as copy:
+        try:
+            # With hot_standby off, pg_ctl -w returns once the copy is consistent; a
+            # replaying copy answers only after recovery has ended, or stops on the way.
+            server.start(max(deadline - time.monotonic(), 1))
+            copy = _connect_when_ready(target, server.dsn(dbname, role), deadline)
+        except RestoreFailed:
+            if replay is not None and replay.time is not None and replaying.recovery_ended_early(server.log_text()):
+                replaying.raise_target_unreached(replay, server.log_tail())
+            raise
+        with copy:
+            if replay is not None:
+                replaying.wait_for_promotion(copy, deadline, config.timeout_minutes)
+            result.restore_seconds = time.monotonic() - restore_started
+            if replay is not None:
+                _measure(target, info, result, replay, copy, drill_started)
             result.copy_checks = copy_checks(target, copy)
             names = list(dict.fromkeys(target.checks.critical_tables))
             result.rows = copy_counts(copy, names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from exporter.result import CheckResult
@@ -32,6 +33,15 @@ class DrillResult:
     problems: list[str] = field(default_factory=list)  # copy against live
     notes: list[str] = field(default_factory=list)
     kept_dsn: str | None = None
+    # A physical drill that replayed the WAL archive: where to ({"kind": "latest"|"random",
+    # "time": ISO or None}), the time the copy recovered until, and the drill's start
+    # minus that time. None when the drill did not replay (logical, or no archive).
+    recovery_target: dict[str, Any] | None = None
+    recovered_until: datetime | None = None
+    rpo_seconds: float | None = None
+    # Whether the backup has a WAL archive the drill was to replay: the rpo check is an
+    # error, not "not measured", when it had one and no recovery point came out.
+    replay_expected: bool = False
 
     @property
     def failed_checks(self) -> list[CheckResult]:
@@ -51,4 +61,7 @@ class DrillResult:
             "notes": self.notes,
             "checks": [check.as_dict() for check in self.copy_checks],
             "kept": self.kept_dsn is not None,
+            "recovery_target": self.recovery_target,
+            "recovered_until": self.recovered_until.isoformat() if self.recovered_until else None,
+            "rpo_seconds": round(self.rpo_seconds, 3) if self.rpo_seconds is not None else None,
         }

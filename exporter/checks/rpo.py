@@ -1,0 +1,75 @@
+"""The recovery point, measured: the restore drill of this run replayed the WAL
+archive, and the copy's recovered-until time (pgbv's own heartbeat rows and the last
+replayed commit, see exporter/restore/replay.py) is no older than restore.rpo_hours
+before the drill started; past half of it warns.
+
+It runs with the drill (on demand, like restore) and judges what the drill measured:
+a target whose backups keep a WAL archive (pgBackRest, Barman, a base backup folder
+with backup.wal_path) must come out of the drill with a recovery point, so a drill
+that failed, or replayed nothing it could date, is an error: the RPO was not proved.
+"""
+
+from __future__ import annotations
+
+from exporter.checks.base import Check, CheckContext
+from exporter.config import TargetConfig
+from exporter.result import CheckResult
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class RpoCheck(Check):
+    name = "rpo"
+    title = "Recovery point (measured by a replaying drill)"
+    on_demand = True
+
+    def applies(self, target: TargetConfig) -> bool:
+        if not target.restore.enabled:
+            return False
+        source = target.backup.source
+        return source in ("pgbackrest", "barman") or (source == "directory" and getattr(target.backup, "wal_path", None) is not None)
+
+    def run(self, ctx: CheckContext) -> CheckResult:
+        objective = ctx.target.restore.rpo_hours
+        expected = f"< {objective:g} h"
+        drill = ctx.drill_result
+        if drill is None:
+            return self.errored("no recovery point measured: the restore drill did not complete (see restore)",
+                                expected=expected)
+        if drill.recovery_target is None:
+            return self.errored(
+                "no recovery point measured: the drill did not replay the WAL archive"
+                + (f" ({'; '.join(drill.notes)})" if drill.notes else ""), expected=expected)
+        if drill.recovered_until is None:
+            return self.errored(
+                "no recovery point measured: the copy replayed the archive but holds no time to date it by"
+                + (f" ({'; '.join(drill.notes)})" if drill.notes else ""), expected=expected,
+                recovery_target=drill.recovery_target)
+        rpo = drill.rpo_seconds or 0.0
+        data = {"recovered_until": drill.recovered_until.isoformat(), "rpo_seconds": round(rpo, 3),
+                "recovery_target": drill.recovery_target}
+        observed = f"{rpo / 3600:.4g} h"
+        kind = drill.recovery_target.get("kind")
+        where = (f"recovered until {drill.recovered_until.isoformat()}, {_duration(rpo)} before the drill started"
+                 + (f" (random target {drill.recovery_target.get('time')})" if kind == "random" else ""))
+        limit = objective * 3600
+        if kind == "random" and rpo > limit / 2:
+            # A point-in-time drill stops where it was drawn to: the archive reaches at least
+            # that far, so its RPO is proved only when that point is recent enough.
+            return self.errored(f"{where}: a point-in-time drill proves only that the archive reaches its target; "
+                                "the RPO is not measured this time (a latest drill measures the archive's end)",
+                                observed, expected, **data)
+        if rpo > limit:
+            return self.failed(f"{where}: the RPO exceeds the objective of {objective:g} h", observed, expected, **data)
+        if rpo > limit / 2:
+            return self.warned(f"{where}: past half the objective of {objective:g} h", observed, expected, **data)
+        return self.passed(f"{where}: within the objective of {objective:g} h", observed, expected, **data)
+
+
+CHECK = RpoCheck()

@@ -1,0 +1,291 @@
+"""Physical drills that replay the WAL archive: where the copy recovers to (the
+archive's end, or a random time inside the recovery window), how recovery is
+configured for a base backup next to a WAL folder, and what the copy proves once
+recovery has ended: the time it recovered until (so the RPO) and, for a random
+target, that it holds exactly the runs of pgbv's log up to that time.
+
+The recovered-until time is the newer of two facts read in the copy:
+- the newest ``verified_at`` of this target in the copy's backup_verification_log:
+  pgbv writes a row every run, so its own log is a heartbeat that every archive
+  carries (only when the log table lives in the target database: with log_dsn the
+  copy holds no heartbeat);
+- ``pg_last_xact_replay_timestamp()``: the commit time of the last transaction
+  replayed, which PostgreSQL keeps after promotion ("remains static at the time of
+  the last transaction applied during that recovery").
+Both are commits the copy really holds, so the measured RPO is never optimistic:
+an idle database looks older than its archive, never newer. The backup's end is the
+floor: a consistent copy holds everything committed before it. The time of the
+latest checkpoint is not used: after promotion it is the end-of-recovery checkpoint's,
+written moments ago, which would claim a recovery point the archive never held.
+"""
+
+from __future__ import annotations
+
+import random
+import shlex
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from exporter.backups import source_for
+from exporter.backups.base import BackupSourceError
+from exporter.config import TargetConfig
+from exporter.record import BELONGS_TO_TARGET
+from exporter.restore.result import DrillError, RestoreFailed
+from exporter.result import BackupInfo
+
+# The random target stays this far after the backup's end: tools record the end in
+# whole seconds, and a target before the copy is consistent is refused by PostgreSQL.
+_AFTER_BACKUP = timedelta(seconds=1)
+# A run's row is committed after its verified_at (the run's start), at the run's end:
+# a row whose run was still going at the target time may be on either side of it.
+_ROW_WRITE_SLACK_SECONDS = 5.0
+
+
+@dataclass
+class Replay:
+    """How a physical drill replays the archive: to its end (latest) or to ``time``."""
+
+    kind: str  # "latest" | "random"
+    time: datetime | None = None
+    window: tuple[datetime, datetime] | None = None  # what a random target was drawn from
+    end_known: bool = True  # whether the window's end came from the archive (else: the drill's start)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "time": self.time.isoformat() if self.time else None}
+
+
+def keeps_wal(target: TargetConfig, info: BackupInfo) -> bool:
+    """Whether this backup has a WAL archive the drill can replay: pgBackRest and Barman
+    always keep one; a base backup folder only with backup.wal_path."""
+    if info.kind.startswith(("pgbackrest", "barman")):
+        return True
+    return info.kind == "pg_basebackup" and getattr(target.backup, "wal_path", None) is not None
+
+
+def archive_end(target: TargetConfig, info: BackupInfo) -> datetime | None:
+    """The newest archived WAL's time, when the source can tell (wal_archive)."""
+    source = source_for(target.backup)
+    if source is None:
+        return None
+    try:
+        return source.wal_archive(info).last_archived_at
+    except BackupSourceError:
+        return None
+
+
+def newest_live_run(target: TargetConfig) -> datetime | None:
+    """The newest verified_at of this target in the live log, or None when unknown."""
+    from exporter.db import TargetUnreachable, connect
+
+    try:
+        with connect(target, log=True) as live, live.transaction():
+            if not _has_log_table(live):
+                return None
+            return live.execute(
+                f"SELECT max(verified_at) FROM backup_verification_log WHERE {BELONGS_TO_TARGET}", {"target": target.name}
+            ).fetchone()[0]
+    except (TargetUnreachable, psycopg.Error):
+        return None
+
+
+def plan(target: TargetConfig, info: BackupInfo, now: datetime) -> Replay | None:
+    """The replay for this drill, or None when the backup has no archive to replay.
+
+    A random target is drawn from [the backup's end, the archive's end]. PostgreSQL
+    stops at a time target only on reaching a commit after it (else "recovery ended
+    before configured recovery target was reached"), so the archive's end must be a
+    time the archive holds commits past: the newest archived segment's time when the
+    source tells it (wal_archive), else the newest run in the live log (a commit,
+    archived once a segment switch followed it), else the drill's start. Without a
+    point after the backup's end, the drill recovers to the archive's end (latest)
+    and says so."""
+    if not keeps_wal(target, info):
+        return None
+    if target.restore.target == "latest":
+        return Replay("latest")
+    start = info.finished_at + _AFTER_BACKUP
+    end = archive_end(target, info)
+    known = end is not None
+    end = min(end or newest_live_run(target) or now, now)
+    if end <= start:
+        return Replay("latest", window=(start, end), end_known=known)
+    offset = random.SystemRandom().random() * (end - start).total_seconds()
+    point = (start + timedelta(seconds=offset)).astimezone(timezone.utc)
+    return Replay("random", point, (start, end), known)
+
+
+def conf_quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def write_recovery(data: Path, settings: dict[str, str]) -> None:
+    """recovery.signal and the settings, appended to postgresql.auto.conf (read last,
+    so they override what a tool wrote before them)."""
+    (data / "recovery.signal").write_text("")
+    with open(data / "postgresql.auto.conf", "a") as conf:
+        conf.write("# written by pgbv for a replaying restore drill\n")
+        for name, value in settings.items():
+            conf.write(f"{name} = {conf_quote(value)}\n")
+
+
+def wal_folder_restore_command(folder: Path, wal_path: Path) -> str:
+    """A restore_command reading segments (and .history files) from a WAL folder,
+    plain or compressed, through a small script in the drill's scratch folder: a
+    script rather than one line, so that PostgreSQL's %f/%p substitution meets no
+    shell quoting of the folder's name."""
+    script = folder / "restore_wal.sh"
+    w = shlex.quote(str(wal_path))
+    script.write_text(
+        "#!/bin/sh\n"
+        "# pgbv restore drill: copy WAL file $1 from the archive folder to $2.\n"
+        f"w={w}\n"
+        'if [ -f "$w/$1" ]; then exec cp "$w/$1" "$2"\n'
+        'elif [ -f "$w/$1.gz" ]; then exec gzip -dc "$w/$1.gz" > "$2"\n'
+        'elif [ -f "$w/$1.zst" ]; then exec zstd -qdc "$w/$1.zst" > "$2"\n'
+        'elif [ -f "$w/$1.lz4" ]; then exec lz4 -qdc "$w/$1.lz4" > "$2"\n'
+        "fi\n"
+        "exit 1\n"
+    )
+    script.chmod(0o755)
+    return f"{shlex.quote(str(script))} %f %p"
+
+
+def recovery_settings(replay: Replay) -> dict[str, str]:
+    if replay.time is None:
+        return {}
+    return {
+        "recovery_target_time": replay.time.isoformat(sep=" "),
+        "recovery_target_inclusive": "on",
+        "recovery_target_action": "promote",
+    }
+
+
+def wait_for_promotion(copy: psycopg.Connection, deadline: float, timeout_minutes: float) -> None:
+    """Until recovery has ended: the copy answers queries only then (hot_standby off),
+    but a promotion still under way is waited for, within the drill's time."""
+    while True:
+        with copy.transaction():
+            in_recovery = copy.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        if not in_recovery:
+            return
+        if time.monotonic() > deadline:
+            raise DrillError(f"the copy was still recovering when timeout_minutes ({timeout_minutes:g}) ran out")
+        time.sleep(0.2)
+
+
+def _has_log_table(copy: psycopg.Connection) -> bool:
+    return copy.execute("SELECT to_regclass('backup_verification_log') IS NOT NULL").fetchone()[0]
+
+
+@dataclass
+class RecoveredUntil:
+    at: datetime | None
+    last_replayed_commit: datetime | None
+    heartbeat: datetime | None
+    notes: list[str]
+
+
+def recovered_until(target: TargetConfig, copy: psycopg.Connection, backup_end: datetime | None = None) -> RecoveredUntil:
+    """The newest of what the copy proves it holds: the heartbeat, the last replayed
+    commit, and (a floor) the backup's end, which a consistent copy always reaches."""
+    notes: list[str] = []
+    with copy.transaction():
+        replayed = copy.execute("SELECT pg_last_xact_replay_timestamp()").fetchone()[0]
+        heartbeat = None
+        if target.log_dsn is not None:
+            notes.append("the log table lives in log_dsn, not in the target: the copy holds no pgbv heartbeat, "
+                         "so the recovered-until time is the last replayed commit's alone")
+        elif not _has_log_table(copy):
+            notes.append("the copy has no backup_verification_log (no pgbv heartbeat to read)")
+        else:
+            heartbeat = copy.execute(
+                f"SELECT max(verified_at) FROM backup_verification_log WHERE {BELONGS_TO_TARGET}", {"target": target.name}
+            ).fetchone()[0]
+    if replayed is None:
+        notes.append("pg_last_xact_replay_timestamp() is NULL: no transaction was replayed from the archive")
+    known = [t for t in (replayed, heartbeat) if t is not None]
+    newest = max(known) if known else None
+    if backup_end is not None and (newest is None or newest < backup_end):
+        notes.append("nothing committed after the backup's end was replayed: recovered until the backup's end")
+        newest = backup_end
+    return RecoveredUntil(newest, replayed, heartbeat, notes)
+
+
+_RUNS = (
+    "SELECT id::text, verified_at, (verification_details->>'duration_seconds')::float8"
+    f" FROM backup_verification_log WHERE {BELONGS_TO_TARGET} ORDER BY verified_at"
+)
+
+
+def compare_runs(point: datetime, live_rows: list[tuple[str, datetime, float | None]],
+                 copy_rows: list[tuple[str, datetime, float | None]]) -> list[str]:
+    """A point-in-time copy holds every run of the live log up to ``point`` and none
+    after it. Runs still going at ``point`` (their row is written at their end) are
+    not judged: their row may be on either side."""
+
+    def in_flight(at: datetime, duration: float | None) -> bool:
+        return at <= point < at + timedelta(seconds=(duration or 0.0) + _ROW_WRITE_SLACK_SECONDS)
+
+    copy_ids = {row[0] for row in copy_rows}
+    problems = []
+    missing = [(at, rid) for rid, at, duration in live_rows
+               if at <= point and rid not in copy_ids and not in_flight(at, duration)]
+    extra = [(at, rid) for rid, at, _ in copy_rows if at > point]
+    if missing:
+        at, rid = min(missing)
+        problems.append(
+            f"recovered to {point.isoformat()}, the copy lacks {len(missing)} run(s) of the live log from before it; "
+            f"the first: {rid} verified at {at.isoformat()}"
+        )
+    if extra:
+        at, rid = min(extra)
+        problems.append(
+            f"recovered to {point.isoformat()}, the copy holds {len(extra)} run(s) from after it; "
+            f"the first: {rid} verified at {at.isoformat()}"
+        )
+    return problems
+
+
+def log_runs(conn: psycopg.Connection, target: TargetConfig) -> list[tuple[str, datetime, float | None]]:
+    with conn.transaction():
+        return conn.execute(_RUNS, {"target": target.name}).fetchall()
+
+
+def point_in_time_problems(target: TargetConfig, point: datetime, copy: psycopg.Connection) -> tuple[list[str], list[str]]:
+    """(problems, notes) of a random-target drill: the copy's log against the live log."""
+    from exporter.db import TargetUnreachable, connect
+
+    if target.log_dsn is not None:
+        return [], ["the log table lives in log_dsn: the copy holds no runs to compare with the live log"]
+    with copy.transaction():
+        present = _has_log_table(copy)
+    if not present:
+        return [], ["the copy has no backup_verification_log: no runs to compare with the live log"]
+    copy_rows = log_runs(copy, target)
+    try:
+        with connect(target, log=True) as live:
+            live_rows = log_runs(live, target)
+    except TargetUnreachable as exc:
+        raise DrillError(f"the live log could not be read to judge the point-in-time copy: {exc.reason}") from None
+    problems = compare_runs(point, live_rows, copy_rows)
+    judged = sum(1 for _, at, _ in live_rows if at <= point)
+    return problems, [f"point in time {point.isoformat()}: the copy holds {sum(1 for _, at, _ in copy_rows if at <= point)} "
+                      f"run(s) up to it, the live log {judged}"]
+
+
+def recovery_ended_early(server_log: str) -> bool:
+    return "recovery ended before configured recovery target was reached" in server_log
+
+
+def raise_target_unreached(replay: Replay, tail: str) -> None:
+    end = ("the archive's newest segment" if replay.end_known
+           else "the newest run in the live log (the archive's end is unknown)")
+    raise RestoreFailed(
+        f"recovery to {replay.time.isoformat() if replay.time else 'the target'} ended before reaching it: the archive has a "
+        f"gap before that time, or no commit after it was archived yet (the target was drawn up to {end}); {tail}"
+    )
