@@ -56,8 +56,16 @@ class RpoCheck(Check):
                 "recovery_target": drill.recovery_target}
         observed = f"{rpo / 3600:.4g} h"
         kind = drill.recovery_target.get("kind")
-        where = (f"recovered until {drill.recovered_until.isoformat()}, {_duration(rpo)} before the drill started"
-                 + (f" (random target {drill.recovery_target.get('time')})" if kind == "random" else ""))
+        raw = (ctx.now if drill.started_at is None else drill.started_at) - drill.recovered_until
+        if drill.replay_facts.get("caught_up_with_live") and rpo < raw.total_seconds() - 0.5:
+            # The copy holds every WAL segment the live server had finished: the newest
+            # commit is old only because nothing newer was committed (replay.bounded_rpo).
+            where = (f"recovered until {drill.recovered_until.isoformat()}, every WAL segment the live server had "
+                     f"finished when the drill started: measured RPO {_duration(rpo)} (what was not archived yet)")
+        else:
+            where = (f"recovered until {drill.recovered_until.isoformat()}, {_duration(rpo)} before the drill started"
+                     + (f" (random target {drill.recovery_target.get('time')})" if kind == "random" else ""))
+        data.update(drill.replay_facts)
         limit = objective * 3600
         if kind == "random" and rpo > limit / 2:
             # A point-in-time drill stops where it was drawn to: the archive reaches at least

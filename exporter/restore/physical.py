@@ -41,6 +41,7 @@ from exporter.redact import scrub
 from exporter.restore import active, replay as replaying
 from exporter.restore.compare import compare, copy_checks, copy_counts, live_counts
 from exporter.restore.result import DrillError, DrillResult, RestoreFailed
+from exporter.backups.wal import parse_lsn
 from exporter.restore.replay import Replay
 from exporter.restore.scratch import created_at, remove_folder, scratch_name
 from exporter.result import BackupInfo
@@ -290,7 +291,7 @@ def _replay_wal_folder(target: TargetConfig, folder: Path, data: Path, replay: R
 
 
 def _measure(target: TargetConfig, info: BackupInfo, result: DrillResult, replay: Replay, copy: psycopg.Connection,
-             drill_started: datetime) -> None:
+             drill_started: datetime, live: replaying.LiveWal | None) -> None:
     """After recovery: the recovered-until time and RPO; for a random target, the copy's
     log against the live log."""
     reached = replaying.recovered_until(target, copy, info.finished_at)
@@ -299,6 +300,13 @@ def _measure(target: TargetConfig, info: BackupInfo, result: DrillResult, replay
         result.recovered_until = reached.at.astimezone(timezone.utc)
         # Commits made after the drill started may be archived and replayed while it runs.
         result.rpo_seconds = max((drill_started - result.recovered_until).total_seconds(), 0.0)
+        if replay.time is None:
+            with copy.transaction():
+                replayed = copy.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()[0]
+            replayed_lsn = parse_lsn(replayed) if replayed else None
+            result.rpo_seconds, notes, facts = replaying.bounded_rpo(result.rpo_seconds, replayed_lsn, live, drill_started)
+            result.notes += notes
+            result.replay_facts.update(facts)
     if replay.time is not None:
         problems, notes = replaying.point_in_time_problems(target, replay.time, copy)
         result.problems += problems
@@ -323,7 +331,7 @@ def drill_physical(target: TargetConfig, info: BackupInfo, keep: bool = False) -
     name = scratch_name(target.name)
     folder = base / name
     data = folder / "data"
-    result = DrillResult(kind="physical", scratch=str(folder), backup_id=info.id)
+    result = DrillResult(kind="physical", scratch=str(folder), backup_id=info.id, started_at=drill_started)
     replay = replaying.plan(target, info, drill_started)
     result.replay_expected = replay is not None
     if replay is None:
@@ -333,6 +341,13 @@ def drill_physical(target: TargetConfig, info: BackupInfo, keep: bool = False) -
         if config.target == "random" and replay.time is None:
             result.notes.append("restore.target random: the recovery window has no point after the backup's end yet; "
                                 "recovered to the archive's end instead")
+    live = None
+    if replay is not None and replay.time is None:
+        # Read before the restore: what the live server had written when the drill
+        # started is what the copy must reach to be caught up.
+        live, why = replaying.live_wal(target)
+        if why:
+            result.notes.append(f"{why}: the RPO is the recovered-until time's age")
     folder.mkdir(mode=0o700)
     server: PrivateServer | None = None
     active.register(name, lambda: (server.stop() if server else None, remove_folder(folder)))
@@ -373,7 +388,7 @@ def drill_physical(target: TargetConfig, info: BackupInfo, keep: bool = False) -
                 replaying.wait_for_promotion(copy, deadline, config.timeout_minutes)
             result.restore_seconds = time.monotonic() - restore_started
             if replay is not None:
-                _measure(target, info, result, replay, copy, drill_started)
+                _measure(target, info, result, replay, copy, drill_started, live)
             result.copy_checks = copy_checks(target, copy)
             names = list(dict.fromkeys(target.checks.critical_tables))
             result.rows = copy_counts(copy, names)

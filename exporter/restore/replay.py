@@ -216,6 +216,95 @@ def recovered_until(target: TargetConfig, copy: psycopg.Connection, backup_end: 
     return RecoveredUntil(newest, replayed, heartbeat, notes)
 
 
+# Where the live server's WAL stood when the drill started. pg_current_wal_lsn() needs
+# no privilege; a standby target reports what it replayed.
+LIVE_WAL_SQL = """
+SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text,
+       (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),
+       (SELECT setting::float8 FROM pg_settings WHERE name = 'archive_timeout'),
+       (SELECT last_archived_time FROM pg_stat_archiver)
+"""
+
+
+@dataclass
+class LiveWal:
+    """The live server's WAL position when the drill started, and what bounds the age of
+    the WAL it had not yet archived."""
+
+    lsn: int
+    segment_size: int
+    archive_timeout_seconds: float  # 0: off
+    last_archived_time: datetime | None
+
+    @property
+    def current_segment_start(self) -> int:
+        return self.lsn - self.lsn % self.segment_size
+
+
+def live_wal(target: TargetConfig) -> tuple[LiveWal | None, str | None]:
+    """(the live server's WAL position, None) or (None, why it could not be read)."""
+    from exporter.backups.wal import WalNameError, parse_lsn
+    from exporter.db import TargetUnreachable, connect
+
+    try:
+        with connect(target) as live, live.transaction():
+            lsn, size, timeout, archived = live.execute(LIVE_WAL_SQL).fetchone()
+    except TargetUnreachable as exc:
+        return None, f"the live server could not be reached ({exc.reason})"
+    except psycopg.Error as exc:
+        return None, f"the live server's WAL position could not be read ({type(exc).__name__}: {str(exc).strip()})"
+    if lsn is None or not size:
+        return None, "the live server reported no WAL position"
+    try:
+        return LiveWal(parse_lsn(lsn), int(size), float(timeout or 0), archived), None
+    except WalNameError as exc:
+        return None, f"the live server's WAL position is unreadable: {exc}"
+
+
+def bounded_rpo(raw_seconds: float, replayed_lsn: int | None, live: LiveWal | None,
+                drill_started: datetime) -> tuple[float, list[str], dict[str, Any]]:
+    """The RPO from the copy's recovered-until time (``raw_seconds`` before the drill
+    started), bounded when the copy caught up with the live server.
+
+    The recovered-until time is the newest commit the copy holds; on a quiet database
+    that is old only because nothing newer was committed (a daily run's heartbeat is a
+    day old), and "drill start minus it" would call a complete archive a day behind.
+    When the copy replayed every WAL segment the live server had finished when the
+    drill started, all it can lack is the live server's current segment, written since
+    its last segment switch: that data is at most archive_timeout old (PostgreSQL
+    switches segments that often when anything was written), or, with archive_timeout
+    off, at most as old as the last archived segment (it was written after it). The
+    RPO is then the smaller of the two. A copy that stopped before the live server's
+    current segment (a gap, archiving behind or broken) keeps the raw figure."""
+    facts: dict[str, Any] = {}
+    if replayed_lsn is None or live is None:
+        return raw_seconds, [], facts
+    behind = max(live.lsn - replayed_lsn, 0)
+    caught_up = replayed_lsn >= live.current_segment_start
+    facts = {"caught_up_with_live": caught_up, "wal_behind_live_bytes": behind}
+    if not caught_up:
+        return raw_seconds, [
+            f"the copy stopped {behind} bytes of WAL before where the live server was when the drill started "
+            "(finished segments the archive did not hold or had not received yet)"
+        ], facts
+    if live.archive_timeout_seconds > 0:
+        bound, why = live.archive_timeout_seconds, f"archive_timeout ({live.archive_timeout_seconds:g} s)"
+    elif live.last_archived_time is not None:
+        bound = max((drill_started - live.last_archived_time).total_seconds(), 0.0)
+        why = ("the live server's last archived segment's time (archive_timeout is off, so WAL written since "
+               "can wait unarchived that long)")
+    else:
+        return raw_seconds, ["the copy caught up with the live server, which has archived nothing since its statistics "
+                             "were reset: the RPO is the recovered-until time's age"], facts
+    if bound >= raw_seconds - 0.5:  # no tighter than what was measured: nothing to explain
+        return min(bound, raw_seconds), [], facts
+    return bound, [
+        f"the copy replayed every WAL segment the live server had finished when the drill started: only its current "
+        f"segment was not archived yet, so the RPO is bounded by {why}; the newest commit replayed is "
+        f"{raw_seconds:.0f} s older than the drill (nothing newer had been archived)"
+    ], facts
+
+
 _RUNS = (
     "SELECT id::text, verified_at, (verification_details->>'duration_seconds')::float8"
     f" FROM backup_verification_log WHERE {BELONGS_TO_TARGET} ORDER BY verified_at"

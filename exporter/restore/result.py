@@ -42,6 +42,10 @@ class DrillResult:
     # Whether the backup has a WAL archive the drill was to replay: the rpo check is an
     # error, not "not measured", when it had one and no recovery point came out.
     replay_expected: bool = False
+    # How the copy's end compares with the live server's WAL at the drill's start
+    # (caught_up_with_live, wal_behind_live_bytes), for a latest drill.
+    replay_facts: dict[str, Any] = field(default_factory=dict)
+    started_at: datetime | None = None  # when the drill started (the RPO is measured from it)
 
     @property
     def failed_checks(self) -> list[CheckResult]:
@@ -64,4 +68,5 @@ class DrillResult:
             "recovery_target": self.recovery_target,
             "recovered_until": self.recovered_until.isoformat() if self.recovered_until else None,
             "rpo_seconds": round(self.rpo_seconds, 3) if self.rpo_seconds is not None else None,
+            **self.replay_facts,
         }

@@ -215,6 +215,43 @@ def test_a_segment_removed_from_the_middle_stops_the_drill_at_the_gap_and_rpo_fa
         shutil.rmtree(wal, ignore_errors=True)
 
 
+def test_a_quiet_database_with_a_complete_archive_is_as_behind_as_archive_timeout_allows(archive, scratch_dir):
+    """A daily run's heartbeat is a day old on a quiet database: "drill start minus the
+    newest commit" would call a complete archive a day behind and page. When the copy
+    replayed every segment the live server had finished, only its current segment is
+    unarchived: the RPO is bounded by archive_timeout, or with it off by the age of the
+    last archived segment (WAL written since may wait that long)."""
+    dsn = archive.cluster.dsn()
+    heartbeat(dsn)
+    switch_and_wait(dsn)
+    quiet = 5
+    objective = (quiet - 1) / 3600  # shorter than the quiet time
+    time.sleep(quiet)
+    # archive_timeout off: the unarchived segment may hold writes as old as the last switch.
+    result = verify_target(folder_target(archive, scratch_dir, archive.wal, rpo_hours=objective),
+                           record_result=False, drill=True)
+    restore, rpo, drill = drill_of(result)
+    assert drill["caught_up_with_live"] is True, drill["notes"]
+    assert drill["rpo_seconds"] >= quiet and rpo.outcome == "fail", rpo.message
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET archive_timeout = '2s'")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        time.sleep(0.5)
+        result = verify_target(folder_target(archive, scratch_dir, archive.wal, rpo_hours=objective),
+                               record_result=False, drill=True)
+        restore, rpo, drill = drill_of(result)
+        assert drill["caught_up_with_live"] is True and drill["wal_behind_live_bytes"] < 16 * 1024 * 1024
+        assert drill["rpo_seconds"] <= 2, drill
+        assert rpo.outcome == "pass" and "every WAL segment the live server had finished" in rpo.message, rpo.message
+        # The recovered-until time is still the newest commit the copy holds, not the bound.
+        assert parse(drill["recovered_until"]) <= datetime.now(timezone.utc) - timedelta(seconds=quiet)
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET archive_timeout")
+            conn.execute("SELECT pg_reload_conf()")
+
+
 def test_without_a_wal_folder_the_drill_stops_at_the_backup_and_measures_no_rpo(archive, scratch_dir):
     result = verify_target(folder_target(archive, scratch_dir, None), record_result=False, drill=True)
     restore = result.check("restore")
