@@ -18,7 +18,7 @@ from typing import Any
 
 import psycopg
 
-from exporter.backups import source_for
+from exporter.backups import keeps_wal
 from exporter.config import Settings, TargetConfig
 from exporter.record import GOOD_DRILL, TARGET_OF, newest_query, success_ratios
 
@@ -72,18 +72,11 @@ class Snapshot:
     built_at: float = field(default_factory=time.time)
 
 
-def keeps_wal(target: TargetConfig) -> bool:
-    """Whether the target's backup source keeps a WAL archive: the recovery window
-    applies to it, and its physical drills replay the archive (the RPO applies)."""
-    source = source_for(target.backup)
-    return bool(source is not None and source.keeps_wal())
-
-
 def configured(target: TargetConfig) -> TargetSnapshot:
     """What is known of a target before anything was read: its limits, zeros elsewhere."""
     backup = target.backup
     has_backup = backup.source != "none"
-    wal = keeps_wal(target)
+    wal = keeps_wal(target.backup)
     return TargetSnapshot(
         name=target.name,
         warn_age_seconds=backup.warn_age_hours * 3600 if has_backup else None,

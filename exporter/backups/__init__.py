@@ -33,4 +33,15 @@ def source_for(backup_config) -> BackupSource | None:
     return cls(backup_config)
 
 
-__all__ = ["SOURCES", "BackupSource", "BackupSourceError", "NoBackupFound", "DirectoryBackupSource", "source_for"]
+def keeps_wal(backup_config) -> bool:
+    """Whether a target's backups keep a WAL archive as configured (pgBackRest, Barman,
+    WAL-G, a base backup folder with wal_path): wal_continuity runs, the recovery
+    window is known, and its physical drills replay the archive and measure the RPO."""
+    try:
+        source = source_for(backup_config)
+    except ValueError:
+        return False  # a source not registered: backup_age reports it
+    return source is not None and source.keeps_wal()
+
+
+__all__ = ["keeps_wal", "SOURCES", "BackupSource", "BackupSourceError", "NoBackupFound", "DirectoryBackupSource", "source_for"]

@@ -11,6 +11,7 @@ that failed, or replayed nothing it could date, is an error: the RPO was not pro
 
 from __future__ import annotations
 
+from exporter.backups import keeps_wal
 from exporter.checks.base import Check, CheckContext
 from exporter.config import TargetConfig
 from exporter.result import CheckResult
@@ -30,10 +31,7 @@ class RpoCheck(Check):
     on_demand = True
 
     def applies(self, target: TargetConfig) -> bool:
-        if not target.restore.enabled:
-            return False
-        source = target.backup.source
-        return source in ("pgbackrest", "barman") or (source == "directory" and getattr(target.backup, "wal_path", None) is not None)
+        return target.restore.enabled and keeps_wal(target.backup)
 
     def run(self, ctx: CheckContext) -> CheckResult:
         objective = ctx.target.restore.rpo_hours

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from exporter.backups import source_for
+from exporter.backups import keeps_wal, source_for
 from exporter.backups.base import BackupSourceError
 from exporter.backups.wal import SEGMENT, WalArchive
 from exporter.checks.backup_age import BackupCheck
@@ -107,13 +107,7 @@ class WalContinuityCheck(BackupCheck):
     needs_database = False
 
     def applies(self, target: TargetConfig) -> bool:
-        if not super().applies(target):
-            return False
-        try:
-            source = source_for(target.backup)
-        except ValueError:
-            return False  # a source not registered: backup_age reports it
-        return source is not None and source.keeps_wal()
+        return super().applies(target) and keeps_wal(target.backup)
 
     def run(self, ctx: CheckContext) -> CheckResult:
         problem = self.problem(ctx.backup)

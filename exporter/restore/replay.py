@@ -31,7 +31,7 @@ from typing import Any
 
 import psycopg
 
-from exporter.backups import source_for
+from exporter.backups import keeps_wal, source_for
 from exporter.backups.base import BackupSourceError
 from exporter.config import TargetConfig
 from exporter.record import BELONGS_TO_TARGET
@@ -59,12 +59,11 @@ class Replay:
         return {"kind": self.kind, "time": self.time.isoformat() if self.time else None}
 
 
-def keeps_wal(target: TargetConfig, info: BackupInfo) -> bool:
-    """Whether this backup has a WAL archive the drill can replay: pgBackRest and Barman
-    always keep one; a base backup folder only with backup.wal_path."""
-    if info.kind.startswith(("pgbackrest", "barman")):
-        return True
-    return info.kind == "pg_basebackup" and getattr(target.backup, "wal_path", None) is not None
+def replays(target: TargetConfig, info: BackupInfo) -> bool:
+    """Whether this backup has a WAL archive the drill can replay: a physical backup
+    (pgBackRest, Barman, a base backup folder) of a source that keeps one."""
+    physical = info.kind == "pg_basebackup" or info.kind.startswith(("pgbackrest", "barman"))
+    return physical and keeps_wal(target.backup)
 
 
 def archive_end(target: TargetConfig, info: BackupInfo) -> datetime | None:
@@ -104,7 +103,7 @@ def plan(target: TargetConfig, info: BackupInfo, now: datetime) -> Replay | None
     archived once a segment switch followed it), else the drill's start. Without a
     point after the backup's end, the drill recovers to the archive's end (latest)
     and says so."""
-    if not keeps_wal(target, info):
+    if not replays(target, info):
         return None
     if target.restore.target == "latest":
         return Replay("latest")
