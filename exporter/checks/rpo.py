@@ -49,6 +49,11 @@ class RpoCheck(Check):
                 "no recovery point measured: the copy replayed the archive but holds no time to date it by"
                 + (f" ({'; '.join(drill.notes)})" if drill.notes else ""), expected=expected,
                 recovery_target=drill.recovery_target)
+        if drill.replay_facts.get("forked_from_live"):
+            return self.failed(
+                "no recovery point of the live database: the archive's latest timeline forks off the live server's "
+                "(see restore); recovery to latest would follow the fork", expected=expected,
+                recovered_until=drill.recovered_until.isoformat(), recovery_target=drill.recovery_target)
         rpo = drill.rpo_seconds or 0.0
         data = {"recovered_until": drill.recovered_until.isoformat(), "rpo_seconds": round(rpo, 3),
                 "recovery_target": drill.recovery_target}

@@ -41,7 +41,6 @@ from exporter.redact import scrub
 from exporter.restore import active, replay as replaying
 from exporter.restore.compare import compare, copy_checks, copy_counts, live_counts
 from exporter.restore.result import DrillError, DrillResult, RestoreFailed
-from exporter.backups.wal import parse_lsn
 from exporter.restore.replay import Replay
 from exporter.restore.scratch import created_at, remove_folder, scratch_name
 from exporter.result import BackupInfo
@@ -291,7 +290,7 @@ def _replay_wal_folder(target: TargetConfig, folder: Path, data: Path, replay: R
 
 
 def _measure(target: TargetConfig, info: BackupInfo, result: DrillResult, replay: Replay, copy: psycopg.Connection,
-             drill_started: datetime, live: replaying.LiveWal | None) -> None:
+             drill_started: datetime, live: replaying.LiveWal | None, data: Path) -> None:
     """After recovery: the recovered-until time and RPO; for a random target, the copy's
     log against the live log."""
     reached = replaying.recovered_until(target, copy, info.finished_at)
@@ -301,12 +300,23 @@ def _measure(target: TargetConfig, info: BackupInfo, result: DrillResult, replay
         # Commits made after the drill started may be archived and replayed while it runs.
         result.rpo_seconds = max((drill_started - result.recovered_until).total_seconds(), 0.0)
         if replay.time is None:
-            with copy.transaction():
-                replayed = copy.execute("SELECT pg_last_wal_replay_lsn()::text").fetchone()[0]
-            replayed_lsn = parse_lsn(replayed) if replayed else None
-            result.rpo_seconds, notes, facts = replaying.bounded_rpo(result.rpo_seconds, replayed_lsn, live, drill_started)
-            result.notes += notes
-            result.replay_facts.update(facts)
+            end, why = replaying.copy_end(copy, data)
+            if end is None:
+                result.notes.append(f"{why}: where recovery stopped is not judged")
+            else:
+                short = replaying.stopped_short(end, replay.archive)
+                forked = replaying.forked_from_live(end, live)
+                result.problems += [p for p in (short, forked) if p]
+                result.replay_facts["recovered_timeline"] = end.recovered_timeline
+                if forked:
+                    result.replay_facts["forked_from_live"] = True
+                else:
+                    result.rpo_seconds, notes, facts = replaying.bounded_rpo(result.rpo_seconds, end.lsn, live, drill_started)
+                    result.notes += notes
+                    result.replay_facts.update(facts)
+            if replay.archive_error:
+                result.notes.append(f"the archive's newest segment is not known ({replay.archive_error}): "
+                                    "whether recovery stopped short of it is not judged")
     if replay.time is not None:
         problems, notes = replaying.point_in_time_problems(target, replay.time, copy)
         result.problems += problems
@@ -388,7 +398,7 @@ def drill_physical(target: TargetConfig, info: BackupInfo, keep: bool = False) -
                 replaying.wait_for_promotion(copy, deadline, config.timeout_minutes)
             result.restore_seconds = time.monotonic() - restore_started
             if replay is not None:
-                _measure(target, info, result, replay, copy, drill_started, live)
+                _measure(target, info, result, replay, copy, drill_started, live, data)
             result.copy_checks = copy_checks(target, copy)
             names = list(dict.fromkeys(target.checks.critical_tables))
             result.rows = copy_counts(copy, names)

@@ -33,6 +33,7 @@ import psycopg
 
 from exporter.backups import keeps_wal, source_for
 from exporter.backups.base import BackupSourceError
+from exporter.backups.wal import Branch, Segment, WalArchive, WalNameError, parse_history, parse_lsn, parse_segment
 from exporter.config import TargetConfig
 from exporter.record import BELONGS_TO_TARGET
 from exporter.restore.result import DrillError, RestoreFailed
@@ -44,6 +45,8 @@ _AFTER_BACKUP = timedelta(seconds=1)
 # A run's row is committed after its verified_at (the run's start), at the run's end:
 # a row whose run was still going at the target time may be on either side of it.
 _ROW_WRITE_SLACK_SECONDS = 5.0
+# How far past now a recovered commit may be dated before it is taken for a clock ahead.
+_CLOCK_SLACK = timedelta(seconds=5)
 
 
 @dataclass
@@ -54,6 +57,10 @@ class Replay:
     time: datetime | None = None
     window: tuple[datetime, datetime] | None = None  # what a random target was drawn from
     end_known: bool = True  # whether the window's end came from the archive (else: the drill's start)
+    # The archive as its source described it before the restore (None: it could not
+    # say; archive_error says why): where a latest recovery must get to.
+    archive: WalArchive | None = None
+    archive_error: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "time": self.time.isoformat() if self.time else None}
@@ -66,15 +73,16 @@ def replays(target: TargetConfig, info: BackupInfo) -> bool:
     return physical and keeps_wal(target.backup)
 
 
-def archive_end(target: TargetConfig, info: BackupInfo) -> datetime | None:
-    """The newest archived WAL's time, when the source can tell (wal_archive)."""
+def read_archive(target: TargetConfig, info: BackupInfo) -> tuple[WalArchive | None, str | None]:
+    """The WAL archive after this backup, as its source describes it (wal_archive), or
+    (None, why not)."""
     source = source_for(target.backup)
     if source is None:
-        return None
+        return None, "no backup source"
     try:
-        return source.wal_archive(info).last_archived_at
-    except BackupSourceError:
-        return None
+        return source.wal_archive(info), None
+    except BackupSourceError as exc:
+        return None, str(exc)
 
 
 def newest_live_run(target: TargetConfig) -> datetime | None:
@@ -105,17 +113,18 @@ def plan(target: TargetConfig, info: BackupInfo, now: datetime) -> Replay | None
     and says so."""
     if not replays(target, info):
         return None
+    archive, why = read_archive(target, info)
     if target.restore.target == "latest":
-        return Replay("latest")
+        return Replay("latest", archive=archive, archive_error=why)
     start = info.finished_at + _AFTER_BACKUP
-    end = archive_end(target, info)
+    end = archive.last_archived_at if archive is not None else None
     known = end is not None
     end = min(end or newest_live_run(target) or now, now)
     if end <= start:
-        return Replay("latest", window=(start, end), end_known=known)
+        return Replay("latest", window=(start, end), end_known=known, archive=archive, archive_error=why)
     offset = random.SystemRandom().random() * (end - start).total_seconds()
     point = (start + timedelta(seconds=offset)).astimezone(timezone.utc)
-    return Replay("random", point, (start, end), known)
+    return Replay("random", point, (start, end), known, archive=archive, archive_error=why)
 
 
 def conf_quote(value: str) -> str:
@@ -207,6 +216,15 @@ def recovered_until(target: TargetConfig, copy: psycopg.Connection, backup_end: 
             ).fetchone()[0]
     if replayed is None:
         notes.append("pg_last_xact_replay_timestamp() is NULL: no transaction was replayed from the archive")
+    # The copy cannot hold a commit from the future: such a time says a clock was ahead
+    # (pgbv's host when it wrote the heartbeat, or the server), and would hide an RPO.
+    latest_possible = datetime.now(timezone.utc) + _CLOCK_SLACK
+    for label, value in (("the newest heartbeat", heartbeat), ("the last replayed commit", replayed)):
+        if value is not None and value > latest_possible:
+            notes.append(f"{label} in the copy is dated {value.isoformat()}, later than now: a clock was ahead "
+                         "when it was written; not used")
+    heartbeat = heartbeat if heartbeat is None or heartbeat <= latest_possible else None
+    replayed = replayed if replayed is None or replayed <= latest_possible else None
     known = [t for t in (replayed, heartbeat) if t is not None]
     newest = max(known) if known else None
     if backup_end is not None and (newest is None or newest < backup_end):
@@ -219,6 +237,8 @@ def recovered_until(target: TargetConfig, copy: psycopg.Connection, backup_end: 
 # no privilege; a standby target reports what it replayed.
 LIVE_WAL_SQL = """
 SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text,
+       CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint())
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END,
        (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),
        (SELECT setting::float8 FROM pg_settings WHERE name = 'archive_timeout'),
        (SELECT last_archived_time FROM pg_stat_archiver)
@@ -231,6 +251,7 @@ class LiveWal:
     the WAL it had not yet archived."""
 
     lsn: int
+    timeline: int
     segment_size: int
     archive_timeout_seconds: float  # 0: off
     last_archived_time: datetime | None
@@ -242,12 +263,11 @@ class LiveWal:
 
 def live_wal(target: TargetConfig) -> tuple[LiveWal | None, str | None]:
     """(the live server's WAL position, None) or (None, why it could not be read)."""
-    from exporter.backups.wal import WalNameError, parse_lsn
     from exporter.db import TargetUnreachable, connect
 
     try:
         with connect(target) as live, live.transaction():
-            lsn, size, timeout, archived = live.execute(LIVE_WAL_SQL).fetchone()
+            lsn, timeline, size, timeout, archived = live.execute(LIVE_WAL_SQL).fetchone()
     except TargetUnreachable as exc:
         return None, f"the live server could not be reached ({exc.reason})"
     except psycopg.Error as exc:
@@ -255,7 +275,7 @@ def live_wal(target: TargetConfig) -> tuple[LiveWal | None, str | None]:
     if lsn is None or not size:
         return None, "the live server reported no WAL position"
     try:
-        return LiveWal(parse_lsn(lsn), int(size), float(timeout or 0), archived), None
+        return LiveWal(parse_lsn(lsn), int(timeline), int(size), float(timeout or 0), archived), None
     except WalNameError as exc:
         return None, f"the live server's WAL position is unreadable: {exc}"
 
@@ -377,3 +397,80 @@ def raise_target_unreached(replay: Replay, tail: str) -> None:
         f"recovery to {replay.time.isoformat() if replay.time else 'the target'} ended before reaching it: the archive has a "
         f"gap before that time, or no commit after it was archived yet (the target was drawn up to {end}); {tail}"
     )
+
+
+@dataclass
+class CopyEnd:
+    """Where the promoted copy's recovery ended: the last replayed position and the
+    timelines it recovered along (its new timeline's history)."""
+
+    lsn: int
+    recovered_timeline: int  # the timeline recovery was on when it ended
+    history: list[Branch]  # how recovery got there (parents and switch points)
+    segment_size: int
+
+
+def copy_end(copy: psycopg.Connection, data: Path) -> tuple[CopyEnd | None, str | None]:
+    """Read after promotion: pg_last_wal_replay_lsn() and the history file of the
+    timeline the copy was promoted onto (in its pg_wal)."""
+    with copy.transaction():
+        replayed, timeline, size = copy.execute(
+            "SELECT pg_last_wal_replay_lsn()::text, ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int,"
+            " (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size')"
+        ).fetchone()
+    if replayed is None:
+        return None, "the copy reports no replayed WAL position"
+    try:
+        history = parse_history((data / "pg_wal" / f"{timeline:08X}.history").read_text())
+    except (OSError, WalNameError) as exc:
+        return None, f"the copy's timeline history could not be read ({exc})"
+    if not history:
+        return None, f"the copy's timeline {timeline} has an empty history"
+    return CopyEnd(parse_lsn(replayed), history[-1].parent, history[:-1], int(size)), None
+
+
+def stopped_short(end: CopyEnd, archive: WalArchive | None) -> str | None:
+    """Why recovery stopped before the archive's newest segment, or None. Recovery to
+    latest reads segments until restore_command cannot give the next one: stopping
+    inside a segment before the archive's newest one, or at the start of one the
+    archive holds, means that segment was missing, unreadable or corrupt (a torn or
+    truncated compressed file passes any listing)."""
+    if archive is None or archive.last is None:
+        return None
+    segment_size = end.segment_size
+    try:
+        last = parse_segment(archive.last, segment_size)
+    except WalNameError:
+        return None
+    position, offset = divmod(end.lsn, segment_size)
+    # At a boundary, every segment before ``position`` was replayed whole and
+    # ``position`` is the one recovery asked for next.
+    if (offset == 0 and position <= last.number) or (offset and position < last.number):
+        needed = Segment(end.recovered_timeline, position, segment_size)
+        return (f"recovery stopped at {lsn_text(end.lsn)} (segment {needed.name}) although {archive.where} holds "
+                f"segments up to {archive.last}: segment {needed.name} or the next could not be restored or "
+                "replayed (missing, unreadable or corrupt), so a recovery to latest stops there today")
+    return None
+
+
+def forked_from_live(end: CopyEnd, live: LiveWal | None) -> str | None:
+    """Why the copy's timeline does not hold the live server's WAL, or None. Recovery to
+    latest follows the archive's highest timeline; a restored copy promoted with
+    archiving on pushes one that forks off production, and recovery then follows it."""
+    if live is None or end.recovered_timeline == live.timeline:
+        return None
+    for branch in end.history:
+        if branch.parent == live.timeline:
+            if live.lsn > branch.switch:
+                return (f"the copy recovered along timeline {end.recovered_timeline}, which forks off the live server's "
+                        f"timeline {live.timeline} at {lsn_text(branch.switch)}; the live server has written up to "
+                        f"{lsn_text(live.lsn)} since: a recovery to latest from this archive loses that WAL "
+                        "(a restored copy promoted with archiving on?)")
+            return None
+    return (f"the copy recovered along timeline {end.recovered_timeline}, and the live server is on timeline "
+            f"{live.timeline}, which that timeline's history does not pass through: the archive does not lead to "
+            "the live server's WAL")
+
+
+def lsn_text(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"

@@ -252,6 +252,82 @@ def test_a_quiet_database_with_a_complete_archive_is_as_behind_as_archive_timeou
             conn.execute("SELECT pg_reload_conf()")
 
 
+def test_a_corrupt_compressed_segment_stops_recovery_short_of_the_archive_and_fails_the_drill(archive, scratch_dir):
+    """A truncated .gz passes any listing (its name is there), but recovery cannot read
+    it and stops: the drill knows the archive's newest segment and fails, even with
+    an RPO objective the stop would meet (a DBA trial found it passing)."""
+    wal = archive.copy_wal()
+    try:
+        broken = wal / archive.rounds[GAP_ROUND]["segment"]
+        with open(broken, "rb") as raw, open(f"{broken}.gz", "wb") as packed:
+            subprocess.run(["gzip", "-c"], stdin=raw, stdout=packed, check=True)
+        broken.unlink()
+        with open(f"{broken}.gz", "r+b") as packed:
+            packed.truncate(1000)
+        result = verify_target(folder_target(archive, scratch_dir, wal), record_result=False, drill=True)
+        restore, rpo, drill = drill_of(result)
+        assert restore.outcome == "fail", restore.message
+        assert f"(segment {broken.name})" in restore.message and "could not be restored or replayed" in restore.message
+        # The whole archive is judged the same way and passes.
+        whole = verify_target(folder_target(archive, scratch_dir, archive.wal), record_result=False, drill=True)
+        assert whole.check("restore").outcome == "pass", whole.check("restore").message
+    finally:
+        shutil.rmtree(wal, ignore_errors=True)
+
+
+def test_a_restored_copy_promoted_with_archiving_on_forks_the_archive_and_fails_the_drill(archive, scratch_dir):
+    """A test restore promoted with archiving left on pushes timeline 2 into the
+    production archive while production stays on timeline 1. Recovery to latest follows
+    timeline 2 and loses production's WAL after the fork: the copy is complete and
+    recent (its own commits), so only the timelines tell."""
+    dsn = archive.cluster.dsn()
+    fork = archive.copy_wal()
+    kept = verify_target(folder_target(archive, scratch_dir, archive.wal), record_result=False, drill=True, keep=True)
+    stray = kept.check("restore").data["restore"]
+    try:
+        with psycopg.connect(kept.check("restore").message.split("psql '")[1].split("'")[0], autocommit=True) as copy:
+            copy.execute("CREATE TABLE stray AS SELECT 1 AS x")
+            copy.execute("SELECT pg_switch_wal()")
+        pg_wal = Path(stray["scratch"]) / "data" / "pg_wal"
+        for path in pg_wal.iterdir():
+            if path.name.startswith("00000002") and (len(path.name) == 24 or path.name.endswith(".history")):
+                shutil.copy(path, fork / path.name)
+                if os.geteuid() == 0:
+                    shutil.chown(fork / path.name, "postgres")
+        assert (fork / "00000002.history").exists()
+    finally:
+        _stop_kept(stray)
+    # Production goes on writing on timeline 1, into the same archive.
+    heartbeat(dsn)
+    segment = switch_and_wait(dsn)
+    shutil.copy(archive.wal / segment, fork / segment)
+    try:
+        result = verify_target(folder_target(archive, scratch_dir, fork), record_result=False, drill=True)
+        restore, rpo, drill = drill_of(result)
+        assert drill["forked_from_live"] is True and drill["recovered_timeline"] == 2
+        assert restore.outcome == "fail" and "forks off the live server's timeline 1" in restore.message, restore.message
+        assert rpo.outcome == "fail" and "forks off" in rpo.message, rpo.message
+        # Production's own archive, without the stray timeline, passes.
+        whole = verify_target(folder_target(archive, scratch_dir, archive.wal), record_result=False, drill=True)
+        assert whole.check("restore").outcome == "pass" and whole.check("rpo").outcome == "pass"
+        assert whole.check("restore").data["restore"]["recovered_timeline"] == 1
+    finally:
+        shutil.rmtree(fork, ignore_errors=True)
+
+
+def test_a_heartbeat_dated_in_the_future_is_not_taken_as_the_recovery_point(archive, scratch_dir):
+    """A clock ahead when pgbv wrote its row would make any archive look fresh."""
+    dsn = archive.cluster.dsn()
+    heartbeat(dsn, target="skewed", verified_at="clock_timestamp() + interval '2 hours'")
+    switch_and_wait(dsn)
+    target = make_target(dsn, name="skewed", **{k: v for k, v in folder_target(archive, scratch_dir, archive.wal)
+                                                .model_dump(exclude_unset=True).items() if k not in ("name", "dsn")})
+    result = verify_target(target, record_result=False, drill=True)
+    restore, rpo, drill = drill_of(result)
+    assert any("later than now: a clock was ahead" in note for note in drill["notes"]), drill["notes"]
+    assert parse(drill["recovered_until"]) <= datetime.now(timezone.utc)
+
+
 def test_without_a_wal_folder_the_drill_stops_at_the_backup_and_measures_no_rpo(archive, scratch_dir):
     result = verify_target(folder_target(archive, scratch_dir, None), record_result=False, drill=True)
     restore = result.check("restore")
