@@ -45,6 +45,9 @@ _AFTER_BACKUP = timedelta(seconds=1)
 # A run's row is committed after its verified_at (the run's start), at the run's end:
 # a row whose run was still going at the target time may be on either side of it.
 _ROW_WRITE_SLACK_SECONDS = 5.0
+# How long before the archive's end a run must have finished for its row to be taken as
+# archived (archive_command's latency, asynchronous archiving's queue).
+_ARCHIVED_AFTER = timedelta(seconds=30)
 # How far past now a recovered commit may be dated before it is taken for a clock ahead.
 _CLOCK_SLACK = timedelta(seconds=5)
 
@@ -85,16 +88,22 @@ def read_archive(target: TargetConfig, info: BackupInfo) -> tuple[WalArchive | N
         return None, str(exc)
 
 
-def newest_live_run(target: TargetConfig) -> datetime | None:
-    """The newest verified_at of this target in the live log, or None when unknown."""
+def newest_live_run(target: TargetConfig, finished_before: datetime | None = None) -> datetime | None:
+    """The newest verified_at of this target in the live log (of a run that had finished
+    before ``finished_before``, when given: its row was committed by then), or None."""
     from exporter.db import TargetUnreachable, connect
 
+    finished = ""
+    if finished_before is not None:
+        finished = (" AND verified_at + make_interval(secs => coalesce((verification_details->>'duration_seconds')::float8, 0))"
+                    " <= %(before)s")
     try:
         with connect(target, log=True) as live, live.transaction():
             if not _has_log_table(live):
                 return None
             return live.execute(
-                f"SELECT max(verified_at) FROM backup_verification_log WHERE {BELONGS_TO_TARGET}", {"target": target.name}
+                f"SELECT max(verified_at) FROM backup_verification_log WHERE {BELONGS_TO_TARGET}{finished}",
+                {"target": target.name, "before": finished_before},
             ).fetchone()[0]
     except (TargetUnreachable, psycopg.Error):
         return None
@@ -119,6 +128,15 @@ def plan(target: TargetConfig, info: BackupInfo, now: datetime) -> Replay | None
     start = info.finished_at + _AFTER_BACKUP
     end = archive.last_archived_at if archive is not None else None
     known = end is not None
+    if end is not None:
+        # The newest archived segment may have been closed well after the last commit
+        # (archive_timeout, a checkpoint): a target in that quiet tail has no commit
+        # after it, and PostgreSQL refuses to stop there. A run of pgbv that had finished
+        # a while before the archive's end is a commit the archive holds, with its row
+        # written after its verified_at: targets before it always stop.
+        committed = newest_live_run(target, finished_before=end - _ARCHIVED_AFTER)
+        if committed is not None and committed > start:
+            end = committed
     end = min(end or newest_live_run(target) or now, now)
     if end <= start:
         return Replay("latest", window=(start, end), end_known=known, archive=archive, archive_error=why)
