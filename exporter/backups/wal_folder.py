@@ -314,7 +314,8 @@ def read_archive(wal_path: Path, backups_path: Path, pattern: str, newest_locati
         )
 
     chain = [(s, f) for s, f in segments.values() if timeline_of(s, timeline, history) == s.timeline]
-    archive = WalArchive(where, timeline=timeline, names=frozenset(segments), notes=notes)
+    archive = WalArchive(where, timeline=timeline, names=frozenset(segments), notes=notes, history=list(history),
+                         segment_size=size)
     if chain:
         last_segment = max(chain, key=lambda pair: pair[0].number)[0]
         archive.last = last_segment.name

@@ -68,7 +68,7 @@ def continuity(
         notes.append(f"segments of {size // (1024 * 1024)} MiB (inferred from the segment names)")
     segments = [s for s in (segment_of_name(name, size) for name in held) if s is not None]
     names = frozenset(s.name for s in segments)
-    archive = WalArchive(where=where, names=names, window_start=window_start, notes=notes)
+    archive = WalArchive(where=where, names=names, window_start=window_start, notes=notes, segment_size=size)
     begin = None
     if start is not None:
         try:
@@ -83,6 +83,8 @@ def continuity(
     last, first = max(segments), min(segments)
     archive.last, archive.first, archive.timeline = last.name, first.name, last.timeline
     archive.last_archived_at = held.get(last.name)
+    # ``history`` is the newest segment's timeline's: the one recovery to latest ends on.
+    archive.history = list(history)
     if begin is None:
         return archive
     archive.checked_from = begin.name
