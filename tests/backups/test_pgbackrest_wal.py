@@ -175,6 +175,37 @@ def test_a_missing_history_file_is_said_and_the_switch_is_not_crossed(tmp_path):
     assert any("00000002.history is missing from the archive" in note for note in archive.notes)
 
 
+def test_a_stray_timeline_pushed_by_a_promoted_restored_copy_fails_the_live_comparison(tmp_path):
+    """The DBA trial's archive (as a stand-in: recorded listing shape, a history file by
+    repo-get): a test restore promoted with archiving on pushed 00000003.history (off
+    timeline 2 at 0/25000000) and timeline 3 up to ..26, while the live server keeps
+    archiving timeline 2 up to ..2C. The walk along 1 -> 2 -> 3 is continuous (true for
+    the copy); the live comparison fails naming the fork."""
+    from exporter.checks.wal_continuity import compare_live
+
+    files = {_seg("000000010000000000000004", 4): 1796226494}
+    files.update({_seg(f"000000020000000000000{n:03X}", n): 1796226500 + n for n in range(5, 0x2D)})
+    files.update({_seg(f"000000030000000000000{n:03X}", n): 1796226600 + n for n in (0x25, 0x26)})
+    files["00000002.history"] = 1796226499
+    files["00000003.history"] = 1796226599
+    history = "1\t0/5000000\tno recovery target specified\n\n2\t0/25000000\tno recovery target specified\n"
+    source = PgBackRestSource(config(_stand_in(tmp_path, {"repo-ls": _listing(files), "repo-get": history})))
+    archive = source.wal_archive(parse_info(INFO_FULL_INCR, STANZA))
+    assert (archive.gap, archive.timeline, archive.last) == (None, 3, "000000030000000000000026")
+    assert archive.segments_checked == 0x26 - 4 + 1
+    assert "repo-get archive/demo/15-1/00000003.history" in (tmp_path / "calls").read_text()
+    assert archive.as_dict()["history"] == [{"parent": 1, "switch": "0/5000000"}, {"parent": 2, "switch": "0/25000000"}]
+    live, problem = compare_live(archive, "00000002000000000000002C", None)
+    assert live["held"] is True  # held, and "older" by name than ..26: what passed before
+    assert problem == (
+        "the archive's timeline 3 forks off the server's timeline 2 at 0/25000000 (a restored copy promoted with "
+        "archiving on?); recovery from pgBackRest archive 15-1 (repo1) to latest follows timeline 3 and never "
+        "replays the server's WAL after the fork (server archived 00000002000000000000002C)"
+    )
+    # The promoted copy as the server: its newest segment is recovery's end.
+    assert compare_live(archive, "000000030000000000000026", None)[1] is None
+
+
 def test_without_a_backup_the_current_archive_is_listed_and_not_checked(tmp_path):
     source = PgBackRestSource(config(_stand_in(tmp_path, {"info": INFO_FULL_INCR, "repo-ls": REPO_LS})))
     archive = source.wal_archive(None)
