@@ -228,6 +228,13 @@ class WalContinuityCheck(BackupCheck):
         data = {"wal": {**archive.as_dict(), "live": live}}
 
         problems = []
+        if archive.start_off_history is not None:
+            # The walk below it follows another timeline's segments: no evidence either way.
+            problems.append(
+                f"{archive.start_off_history}: recovery from it to latest (timeline {archive.timeline}, in "
+                f"{archive.where}) is refused (\"requested timeline {archive.timeline} is not a child of this server's "
+                "history\"); a timeline forked off below the backup (a restored copy promoted with archiving on?)"
+            )
         if archive.gap is not None:
             after = f" (newest archived: {archive.last})" if archive.last else " (no segment archived)"
             problems.append(
@@ -239,7 +246,9 @@ class WalContinuityCheck(BackupCheck):
         range_text = f"{archive.checked_from} to {archive.last}" if archive.last else "nothing"
         if problems:
             observed = (f"missing {archive.gap}" if archive.gap
-                        else live.get("observed") or f"{live.get('segment')} not in the archive")
+                        else live.get("observed") or (f"newest backup not on timeline {archive.timeline}'s history"
+                                                      if archive.start_off_history else None)
+                        or f"{live.get('segment')} not in the archive")
             return self.failed(scrub("; ".join(problems), secrets), observed, EXPECTED, **data)
 
         tail = self._live_words(live)

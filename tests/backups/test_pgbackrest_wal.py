@@ -20,7 +20,7 @@ from exporter.backups.pgbackrest import (
     PgBackRestSource, archive_contents, judge_verify, parse_info, parse_repo_ls, parse_verify,
 )
 from exporter.backups.wal import parse_segment
-from exporter.backups.wal_listing import infer_segment_size
+from exporter.backups.wal_listing import continuity, infer_segment_size
 from exporter.checks.wal_continuity import LIVE_QUERY, compare_live
 from tests.backups.test_pgbackrest import (
     FULL, INCR, INFO_FULL_INCR, PGBACKREST, STANZA, VERIFY, Repo, _archiving_cluster, _private_dir, config,
@@ -205,6 +205,15 @@ def test_a_stray_timeline_pushed_by_a_promoted_restored_copy_fails_the_live_comp
     )
     # The promoted copy as the server: its newest segment is recovery's end.
     assert compare_live(archive, "000000030000000000000026", None)[1] is None
+
+    # A backup the live server took on timeline 2 after the fork: the walk from its start
+    # finds the copy's timeline-3 segments, yet recovery to latest cannot start from it.
+    held = {name: None for name in archive.names}
+    after = continuity("pgBackRest archive 15-1", held, "000000020000000000000026", archive.history)
+    assert after.gap is None and after.start_off_history == (
+        "the newest backup's start 000000020000000000000026 (0/26000000 on timeline 2) is not on timeline 3's history")
+    before = continuity("pgBackRest archive 15-1", held, "000000020000000000000024", archive.history)
+    assert before.start_off_history is None and before.gap is None
 
 
 def test_without_a_backup_the_current_archive_is_listed_and_not_checked(tmp_path):

@@ -429,6 +429,22 @@ def test_a_restored_copy_promoted_into_the_archive_fails_naming_the_fork():
         print(f"the promoted copy as the server: {legit.message}")
         assert legit.outcome == "pass", legit.message
         assert legit.data["wal"]["live"]["held"] is True and legit.data["wal"]["live"]["segment"].startswith("00000002")
+
+        # Production takes its next base backup, on timeline 1 past the fork: recovery to
+        # latest cannot even start from it (PostgreSQL refuses a timeline that is not a
+        # child of the backup's), though the walk from its position finds the copy's
+        # timeline-2 segments. Judged with the target down too.
+        tool = find_tool("pg_basebackup", 150000, pg_bin_dir=PG15_BIN)
+        run_tool(tool, ["-D", str(world.backups / "base-2"), "-Fp", "-X", "stream", "-c", "fast",
+                        "-d", world.cluster.dsn()], timeout=120)
+        world.switch()
+        down = world.target(world.plain, dsn=f"host={world.root}/nowhere dbname=postgres user=postgres connect_timeout=2")
+        after = verify_target(down, record_result=False).check("wal_continuity")
+        print(f"production's base backup after the fork, target down: {after.message}")
+        assert after.outcome == "fail", after.message
+        assert "base backup base-2 started on timeline 1 at " in after.message
+        assert "which timeline 2's history does not pass through at that position: recovery from it to latest" in after.message
+        assert after.data["wal"]["live"]["compared"] is False
     finally:
         if restored is not None:
             restored.destroy()
