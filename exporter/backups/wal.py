@@ -121,6 +121,26 @@ def parse_history(text: str) -> list[Branch]:
     return branches
 
 
+def lsn_text(lsn: int) -> str:
+    """A byte position as PostgreSQL prints an LSN ("0/25000000")."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def fork_off(timeline: int, history: list[Branch]) -> Branch | None:
+    """Where recovery along ``history`` leaves ``timeline``: the branch whose parent it
+    is (a timeline is the parent of one branch at most on one history), or None when
+    the history never passes through it."""
+    return next((branch for branch in history if branch.parent == timeline), None)
+
+
+def on_chain(timeline: int, lsn: int, target: int, history: list[Branch]) -> bool:
+    """Whether a position of ``timeline`` is part of the history of ``target``: recovery
+    onto target passes through it."""
+    if timeline == target:
+        return True
+    return any(branch.parent == timeline and lsn < branch.switch for branch in history)
+
+
 def timeline_of(segment: Segment, timeline: int, history: list[Branch]) -> int:
     """Which timeline's file holds ``segment`` when recovering onto ``timeline``: the
     ancestor whose range contains it. The segment holding a switch point is read from
@@ -181,6 +201,16 @@ class WalArchive:
     # a server archiving on a later one cannot be compared with it, which says nothing
     # against the archive.
     later_timelines_unlisted: bool = False
+    # The history of ``timeline`` (its branches, oldest first; [] for a timeline without
+    # ancestors), None when the source does not read it: wal_continuity locates where
+    # recovery leaves a server's lower timeline with it.
+    history: list[Branch] | None = field(default=None, repr=False)
+    segment_size: int = DEFAULT_SEGMENT_SIZE
+    # Why recovery to latest cannot start from the newest backup at all: it began on a
+    # timeline that ``history`` leaves before the backup's start (a stray timeline forked
+    # off below it; PostgreSQL refuses, "requested timeline is not a child of this
+    # server's history"). The walk from its start is then no evidence either way.
+    start_off_history: str | None = None
     notes: list[str] = field(default_factory=list)  # what the source could not tell
 
     def holds(self, name: str) -> bool | None:
@@ -199,7 +229,10 @@ class WalArchive:
             "checked_from": self.checked_from,
             "segments_checked": self.segments_checked,
             "gap": self.gap,
+            **({"start_off_history": self.start_off_history} if self.start_off_history else {}),
             "timeline": self.timeline,
+            **({"history": [{"parent": b.parent, "switch": lsn_text(b.switch)} for b in self.history]}
+               if self.history else {}),
             "recovery_window": {
                 "start": self.window_start.isoformat() if self.window_start else None,
                 "end": self.last_archived_at.isoformat() if self.last_archived_at else None,

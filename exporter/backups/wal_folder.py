@@ -45,6 +45,8 @@ from exporter.backups.wal import (
     WalNameError,
     check_segment_size,
     first_gap,
+    lsn_text,
+    on_chain,
     parse_history,
     parse_lsn,
     segment_at,
@@ -240,14 +242,6 @@ def follow_timelines(start: int, histories: dict[int, _File], where: Path) -> tu
         raise BackupSourceError(f"{where / file.name} is not a history file: {exc}") from None
 
 
-def on_chain(timeline: int, lsn: int, target: int, history: list[Branch]) -> bool:
-    """Whether a position of ``timeline`` is part of the history of ``target``: recovery
-    onto target passes through it."""
-    if timeline == target:
-        return True
-    return any(branch.parent == timeline and lsn < branch.switch for branch in history)
-
-
 def read_archive(wal_path: Path, backups_path: Path, pattern: str, newest_location: str | None,
                  newest_kind: str | None) -> WalArchive:
     kinds = list_wal_folder(wal_path)
@@ -307,14 +301,14 @@ def read_archive(wal_path: Path, backups_path: Path, pattern: str, newest_locati
             f"segments of timeline {highest} are archived but no {timeline + 1:08X}.history: recovery to the latest "
             f"timeline stops on timeline {timeline}"
         )
-    if newest is not None and not on_chain(newest.timeline, newest.start_lsn, timeline, history):
-        notes.append(
-            f"base backup {newest.name} started on timeline {newest.timeline}, which timeline {timeline}'s history "
-            "does not pass through at that position: it cannot be recovered onto the latest timeline"
-        )
-
     chain = [(s, f) for s, f in segments.values() if timeline_of(s, timeline, history) == s.timeline]
-    archive = WalArchive(where, timeline=timeline, names=frozenset(segments), notes=notes)
+    archive = WalArchive(where, timeline=timeline, names=frozenset(segments), notes=notes, history=list(history),
+                         segment_size=size)
+    if newest is not None and not on_chain(newest.timeline, newest.start_lsn, timeline, history):
+        archive.start_off_history = (
+            f"base backup {newest.name} started on timeline {newest.timeline} at {lsn_text(newest.start_lsn)}, which "
+            f"timeline {timeline}'s history does not pass through at that position"
+        )
     if chain:
         last_segment = max(chain, key=lambda pair: pair[0].number)[0]
         archive.last = last_segment.name

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from exporter.backups.wal import (
-    DEFAULT_SEGMENT_SIZE, SEGMENT, Branch, WalArchive, WalNameError, first_gap, parse_segment, segment_of_name,
+    DEFAULT_SEGMENT_SIZE, SEGMENT, Branch, WalArchive, WalNameError, first_gap, lsn_text, on_chain, parse_segment,
+    segment_of_name,
 )
 
 _MIN_PER_LOG = 4  # 1 GiB segments
@@ -68,7 +69,7 @@ def continuity(
         notes.append(f"segments of {size // (1024 * 1024)} MiB (inferred from the segment names)")
     segments = [s for s in (segment_of_name(name, size) for name in held) if s is not None]
     names = frozenset(s.name for s in segments)
-    archive = WalArchive(where=where, names=names, window_start=window_start, notes=notes)
+    archive = WalArchive(where=where, names=names, window_start=window_start, notes=notes, segment_size=size)
     begin = None
     if start is not None:
         try:
@@ -83,9 +84,20 @@ def continuity(
     last, first = max(segments), min(segments)
     archive.last, archive.first, archive.timeline = last.name, first.name, last.timeline
     archive.last_archived_at = held.get(last.name)
+    # ``history`` is the newest segment's timeline's: the one recovery to latest ends on.
+    archive.history = list(history)
     if begin is None:
         return archive
     archive.checked_from = begin.name
+    # The start segment's first byte stands for the backup's start (the listing names
+    # segments, not LSNs): a start in the very segment of the switch, after it, passes
+    # here and PostgreSQL still refuses it. An empty history is a missing or unreadable
+    # history file, already a note, and the walk's gap then says why.
+    if history and not on_chain(begin.timeline, begin.number * size, last.timeline, history):
+        archive.start_off_history = (
+            f"the newest backup's start {begin.name} ({lsn_text(begin.number * size)} on timeline {begin.timeline}) "
+            f"is not on timeline {last.timeline}'s history"
+        )
     if begin.number > last.number:
         # The newest segment is older than the backup's start: the backup's own WAL
         # never arrived (or was removed).

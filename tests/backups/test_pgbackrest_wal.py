@@ -1,7 +1,8 @@
 """The pgBackRest source's WAL archive (wal_continuity, the recovery window): a real
 repository fed by a throwaway PostgreSQL 15 over several WAL switches, healthy and
-with a segment deleted from a copy; stand-ins (recorded output of pgBackRest 2.45)
-for the listing's traps and for timelines, which the real cluster does not switch."""
+with a segment deleted from a copy, and a restored copy promoted into the same
+repository (a stray timeline); stand-ins (recorded output of pgBackRest 2.45) for the
+listing's traps and for timelines."""
 
 from __future__ import annotations
 
@@ -19,10 +20,12 @@ from exporter.backups.pgbackrest import (
     PgBackRestSource, archive_contents, judge_verify, parse_info, parse_repo_ls, parse_verify,
 )
 from exporter.backups.wal import parse_segment
-from exporter.backups.wal_listing import infer_segment_size
+from exporter.backups.wal_listing import continuity, infer_segment_size
+from exporter.checks.wal_continuity import LIVE_QUERY, compare_live
 from tests.backups.test_pgbackrest import (
-    FULL, INCR, INFO_FULL_INCR, PGBACKREST, STANZA, VERIFY, Repo, _archiving_cluster, config,
+    FULL, INCR, INFO_FULL_INCR, PGBACKREST, STANZA, VERIFY, Repo, _archiving_cluster, _private_dir, config,
 )
+from tests.pgcluster import Cluster, _unprivileged_user
 
 SWITCHES = 6
 
@@ -175,6 +178,44 @@ def test_a_missing_history_file_is_said_and_the_switch_is_not_crossed(tmp_path):
     assert any("00000002.history is missing from the archive" in note for note in archive.notes)
 
 
+def test_a_stray_timeline_pushed_by_a_promoted_restored_copy_fails_the_live_comparison(tmp_path):
+    """The DBA trial's archive (as a stand-in: recorded listing shape, a history file by
+    repo-get): a test restore promoted with archiving on pushed 00000003.history (off
+    timeline 2 at 0/25000000) and timeline 3 up to ..26, while the live server keeps
+    archiving timeline 2 up to ..2C. The walk along 1 -> 2 -> 3 is continuous (true for
+    the copy); the live comparison fails naming the fork."""
+    files = {_seg("000000010000000000000004", 4): 1796226494}
+    files.update({_seg(f"000000020000000000000{n:03X}", n): 1796226500 + n for n in range(5, 0x2D)})
+    files.update({_seg(f"000000030000000000000{n:03X}", n): 1796226600 + n for n in (0x25, 0x26)})
+    files["00000002.history"] = 1796226499
+    files["00000003.history"] = 1796226599
+    history = "1\t0/5000000\tno recovery target specified\n\n2\t0/25000000\tno recovery target specified\n"
+    source = PgBackRestSource(config(_stand_in(tmp_path, {"repo-ls": _listing(files), "repo-get": history})))
+    archive = source.wal_archive(parse_info(INFO_FULL_INCR, STANZA))
+    assert (archive.gap, archive.timeline, archive.last) == (None, 3, "000000030000000000000026")
+    assert archive.segments_checked == 0x26 - 4 + 1
+    assert "repo-get archive/demo/15-1/00000003.history" in (tmp_path / "calls").read_text()
+    assert archive.as_dict()["history"] == [{"parent": 1, "switch": "0/5000000"}, {"parent": 2, "switch": "0/25000000"}]
+    live, problem = compare_live(archive, "00000002000000000000002C", None)
+    assert live["held"] is True  # held, and "older" by name than ..26: what passed before
+    assert problem == (
+        "the archive's timeline 3 forks off the server's timeline 2 at 0/25000000 (a restored copy promoted with "
+        "archiving on?); recovery from pgBackRest archive 15-1 (repo1) to latest follows timeline 3 and never "
+        "replays the server's WAL after the fork (server archived 00000002000000000000002C)"
+    )
+    # The promoted copy as the server: its newest segment is recovery's end.
+    assert compare_live(archive, "000000030000000000000026", None)[1] is None
+
+    # A backup the live server took on timeline 2 after the fork: the walk from its start
+    # finds the copy's timeline-3 segments, yet recovery to latest cannot start from it.
+    held = {name: None for name in archive.names}
+    after = continuity("pgBackRest archive 15-1", held, "000000020000000000000026", archive.history)
+    assert after.gap is None and after.start_off_history == (
+        "the newest backup's start 000000020000000000000026 (0/26000000 on timeline 2) is not on timeline 3's history")
+    before = continuity("pgBackRest archive 15-1", held, "000000020000000000000024", archive.history)
+    assert before.start_off_history is None and before.gap is None
+
+
 def test_without_a_backup_the_current_archive_is_listed_and_not_checked(tmp_path):
     source = PgBackRestSource(config(_stand_in(tmp_path, {"info": INFO_FULL_INCR, "repo-ls": REPO_LS})))
     archive = source.wal_archive(None)
@@ -320,3 +361,65 @@ def test_real_archive_with_a_segment_deleted_names_the_gap(wal_repo, wrapper):
         assert message.startswith(f"warning: WAL {victim} is missing from archive {info.details['archive_id']} after backup {info.id}")
     finally:
         shutil.rmtree(copy.base, ignore_errors=True)
+
+
+def test_real_restored_copy_promoted_into_the_repository_fails_naming_the_fork(wrapper):
+    """The DBA trial with the real tool: `pgbackrest restore` of the production stanza
+    into another folder, started and promoted with archive-push into the same
+    repository (a test restore that left archiving on), while production keeps
+    archiving. Recovery to latest follows the copy's timeline 2; production's
+    pg_stat_archiver (read with the check's own query) fails the comparison naming the
+    fork, the copy's passes."""
+    base, cluster = _archiving_cluster()
+    copy = None
+    try:
+        cluster.start()
+        repo = Repo(base, cluster.data, cluster.base)
+        repo.pgbackrest("stanza-create")
+        repo.pgbackrest("backup", "--type=full")
+        _switch(cluster, 2)
+
+        copy = Cluster.__new__(Cluster)
+        copy.pg_ctl, copy.user = cluster.pg_ctl, _unprivileged_user()
+        copy.base = _private_dir("pgbv-pgbackrest-restored-")
+        copy.data = copy.base / "data"
+        repo.pgbackrest("restore", f"--pg1-path={copy.data}")
+        # The copy's own pg1-path, as its host's pgbackrest.conf would say: archive-push
+        # reads its WAL from there.
+        with open(copy.data / "postgresql.auto.conf", "a") as conf:
+            conf.write(f"archive_command = '{PGBACKREST} --stanza={STANZA} --config={repo.conf} "
+                       f"--pg1-path={copy.data} archive-push %p'\n")
+        copy.start()
+        deadline = time.monotonic() + 60
+        while True:
+            with psycopg.connect(copy.dsn(), autocommit=True) as conn:
+                if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False:
+                    break
+            assert time.monotonic() < deadline, "the restored copy did not end recovery"
+            time.sleep(0.2)
+        _switch(copy, 2)
+        kept = _switch(cluster, 2)  # production archives on, past the fork
+
+        source = _source(repo, wrapper)
+        archive = source.wal_archive(source.latest())
+        print(f"\nreal stray timeline: {archive.as_dict()}")
+        assert archive.timeline == 2 and archive.gap is None and archive.holds(kept)
+        with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+            production = conn.execute(LIVE_QUERY).fetchone()
+        live, problem = compare_live(archive, *production)
+        print(f"production compared: {problem}")
+        assert problem is not None, live  # held, and "older" by name: what passed before
+        switch = archive.as_dict()["history"][0]["switch"]
+        assert (
+            f"the archive's timeline 2 forks off the server's timeline 1 at {switch} (a restored copy promoted "
+            "with archiving on?)") in problem
+        assert f"never replays the server's WAL after the fork (server archived {kept}" in problem
+        with psycopg.connect(copy.dsn(), autocommit=True) as conn:
+            promoted = conn.execute(LIVE_QUERY).fetchone()
+        live, problem = compare_live(archive, *promoted)
+        assert problem is None and live["held"] is True and live["segment"].startswith("00000002")
+    finally:
+        if copy is not None:
+            copy.destroy()
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)

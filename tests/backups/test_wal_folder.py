@@ -102,3 +102,26 @@ def test_abbreviated_zone_falls_back_to_the_backup_files_time(tmp_path):
     archive = read_archive(wal, backups, "base-*", None, None)
     assert archive.window_start == archived
     assert any("the modification time of 000000010000000000000002.00000028.backup" in n for n in archive.notes)
+
+
+def test_the_recovery_timelines_history_and_segment_size_reach_the_live_comparison(tmp_path):
+    """wal_continuity locates where recovery leaves a server's lower timeline from the
+    folder's history and segment size: with 64 MiB segments the switch 0/FC000000 is in
+    segment 0x3F (as 16 MiB segments it would be 0xFC, and timeline 1's 3F would pass as
+    archived before the fork)."""
+    from exporter.checks.wal_continuity import compare_live
+
+    wal, backups = tmp_path / "wal", tmp_path / "backups"
+    wal.mkdir()
+    for name in ("00000001000000000000003E", "00000001000000000000003F", "00000002000000000000003F",
+                 "000000020000000100000000"):
+        _segment(wal, name, 64 * MiB)
+    (wal / "00000002.history").write_text("1\t0/FC000000\tno recovery target specified\n")
+    _base_backup(backups, "0/F8000028")
+    archive = read_archive(wal, backups, "base-*", None, None)
+    assert (archive.timeline, archive.gap, archive.segment_size) == (2, None, 64 * MiB)
+    assert archive.as_dict()["history"] == [{"parent": 1, "switch": "0/FC000000"}]
+    live, problem = compare_live(archive, "00000001000000000000003F", None)
+    assert "the archive's timeline 2 forks off the server's timeline 1 at 0/FC000000" in problem
+    live, problem = compare_live(archive, "00000001000000000000003E", None)
+    assert problem is None and live["before_fork"] is True

@@ -369,6 +369,129 @@ def test_timeline_switch_follows_the_history_file():
         world.destroy()
 
 
+def _promoted(world: World, backup: Path, wal: Path) -> Cluster:
+    """A restored copy of ``backup`` started on the WAL folder, once it has promoted (it
+    inherits the original's archive_command: it archives into the same folders)."""
+    restored = _restored_cluster(backup, wal)
+    restored.start()
+    deadline = time.monotonic() + 60
+    while world.execute("SELECT pg_is_in_recovery()", dsn=restored.dsn()) == [(True,)]:
+        assert time.monotonic() < deadline, "the restored copy did not end recovery"
+        time.sleep(0.2)
+    return restored
+
+
+def test_a_restored_copy_promoted_into_the_archive_fails_naming_the_fork():
+    """The DBA trial's false pass: a test restore promoted with archiving left on pushes
+    timeline 2 into the production folder while the original keeps archiving timeline 1.
+    The folder is continuous along 1 -> 2 (true for the copy); recovery to latest
+    follows 2 and loses the original's WAL after the fork, which the live comparison
+    catches. The promoted copy as the target (the legitimate switch) still passes."""
+    world = World(switches=3)
+    restored = None
+    try:
+        before = world.execute("SELECT last_archived_wal FROM pg_stat_archiver")[0][0]
+        restored = _promoted(world, world.base, world.plain)
+        for _ in range(2):
+            world.switch(dsn=restored.dsn())
+        history = (world.plain / "00000002.history").read_text()
+        switch = history.split()[1]
+        print(f"\nstray timeline ({history.strip()}), original last archived {before}")
+
+        # The original wrote after the fork but archived nothing since: its write
+        # position is past the switch point already.
+        world.execute("INSERT INTO t SELECT generate_series(1, 10)")
+        early = run(world.target(world.plain))
+        print(f"written past the fork, not archived: {early.message}")
+        assert early.outcome == "fail", early.message
+        assert f"the archive's timeline 2 forks off the server's timeline 1 at {switch}" in early.message
+        assert "has written up to" in early.message and early.observed == f"timeline 2 forks off timeline 1 at {switch}"
+
+        # The original archives past the fork: the trial's case, held in the folder and
+        # "older" by name than the newest segment, yet never replayed.
+        kept = world.switch()
+        assert kept.startswith("00000001") and (world.plain / kept).exists()
+        result = run(world.target(world.plain))
+        print(f"original archived {kept} after the fork: {result.message}")
+        assert result.outcome == "fail", result.message
+        assert (f"the archive's timeline 2 forks off the server's timeline 1 at {switch} (a restored copy promoted "
+                f"with archiving on?)") in result.message
+        assert f"follows timeline 2 and never replays the server's WAL after the fork (server archived {kept}" in result.message
+        wal = result.data["wal"]
+        assert wal["gap"] is None and wal["timeline"] == 2  # the walk alone is continuous along 1 -> 2
+        assert wal["live"]["held"] is True and wal["live"]["fork"] == {"timeline": 2, "parent": 1, "switch": switch}
+        assert wal["history"] == [{"parent": 1, "switch": switch}]
+        # The gzip folder the same.
+        assert run(world.target(world.gz)).outcome == "fail"
+
+        # The promoted copy is the server (the failover was meant): recovery to latest is its WAL.
+        legit = run(world.target(world.plain, dsn=restored.dsn()))
+        print(f"the promoted copy as the server: {legit.message}")
+        assert legit.outcome == "pass", legit.message
+        assert legit.data["wal"]["live"]["held"] is True and legit.data["wal"]["live"]["segment"].startswith("00000002")
+
+        # Production takes its next base backup, on timeline 1 past the fork: recovery to
+        # latest cannot even start from it (PostgreSQL refuses a timeline that is not a
+        # child of the backup's), though the walk from its position finds the copy's
+        # timeline-2 segments. Judged with the target down too.
+        tool = find_tool("pg_basebackup", 150000, pg_bin_dir=PG15_BIN)
+        run_tool(tool, ["-D", str(world.backups / "base-2"), "-Fp", "-X", "stream", "-c", "fast",
+                        "-d", world.cluster.dsn()], timeout=120)
+        world.switch()
+        down = world.target(world.plain, dsn=f"host={world.root}/nowhere dbname=postgres user=postgres connect_timeout=2")
+        after = verify_target(down, record_result=False).check("wal_continuity")
+        print(f"production's base backup after the fork, target down: {after.message}")
+        assert after.outcome == "fail", after.message
+        assert "base backup base-2 started on timeline 1 at " in after.message
+        assert "which timeline 2's history does not pass through at that position: recovery from it to latest" in after.message
+        assert after.data["wal"]["live"]["compared"] is False
+    finally:
+        if restored is not None:
+            restored.destroy()
+        world.destroy()
+
+
+def test_a_server_timeline_before_the_fork_or_off_the_history():
+    """Where recovery to latest leaves the server's lower timeline, from a real history
+    file's switch point: a last archived segment before it (an old primary that stopped
+    after a failover, a standby's leftover statistics) is replayed; at or past it, or a
+    timeline the history never passes through, is not."""
+    from exporter.backups.wal import WalArchive, parse_history
+    from exporter.checks.wal_continuity import compare_live
+
+    history = parse_history("1\t0/5000000\tno recovery target specified\n\n2\t0/9000060\tno recovery target specified\n")
+    names = frozenset([f"000000010000000000000{n:03X}" for n in range(3, 8)] + [f"000000020000000000000{n:03X}" for n in range(5, 11)]
+                      + ["000000030000000000000009", "00000003000000000000000A"])
+    archive = WalArchive(where="WAL folder /w", last="00000003000000000000000A", timeline=3, names=names, history=history)
+
+    live, problem = compare_live(archive, "000000020000000000000008", None)
+    assert problem is None and live["before_fork"] is True and live["fork"] == {"timeline": 3, "parent": 2, "switch": "0/9000060"}
+    # ... unless it is a primary on that timeline that has written past the switch.
+    _, problem = compare_live(archive, "000000020000000000000008", None, "0/9000100", "000000020000000000000009")
+    assert problem is not None and "has written up to 0/9000100" in problem
+    # A position on another timeline (promoted since) is no evidence.
+    _, problem = compare_live(archive, "000000020000000000000008", None, "0/B000000", "00000003000000000000000B")
+    assert problem is None
+    # The switch point's own segment: recovery reads timeline 3's copy of it.
+    _, problem = compare_live(archive, "000000020000000000000009", None)
+    assert "timeline 3 forks off the server's timeline 2 at 0/9000060" in problem
+    # Timeline 1 is left at 0/5000000, for timeline 2.
+    _, problem = compare_live(archive, "000000010000000000000005", None)
+    assert "the archive's timeline 2 forks off the server's timeline 1 at 0/5000000" in problem
+    # Before the fork and not held: dropped, as on the recovery timeline.
+    _, problem = compare_live(archive, "000000010000000000000002", None)
+    assert "does not hold it" in problem
+    # A sibling branch the history never passes through.
+    sibling = WalArchive(where="WAL folder /w", last="00000003000000000000000A", timeline=3, names=names,
+                         history=history[1:])
+    _, problem = compare_live(sibling, "000000010000000000000004", None)
+    assert "which is not on the history of timeline 3 (2 → 3)" in problem
+    # A source that gives no history: not compared, and not passed as compared either.
+    unknown = WalArchive(where="WAL-G wal-verify", last="00000003000000000000000A", timeline=3)
+    live, problem = compare_live(unknown, "00000002000000000000000C", None)
+    assert problem is None and live["compared"] is False and "not compared" in live["reason"]
+
+
 def test_unreadable_wal_path_is_an_error(world, tmp_path):
     missing = tmp_path / "no-such-folder"
     result = run(world.target(missing))
