@@ -18,7 +18,7 @@ from exporter.backups.base import BackupSourceError
 from exporter.backups.pgbackrest import (
     PgBackRestSource, archive_contents, judge_verify, parse_info, parse_repo_ls, parse_verify,
 )
-from exporter.backups.wal import parse_segment
+from exporter.backups.wal import Segment, parse_segment
 from exporter.backups.wal_listing import infer_segment_size
 from tests.backups.test_pgbackrest import (
     FULL, INCR, INFO_FULL_INCR, PGBACKREST, STANZA, VERIFY, Repo, _archiving_cluster, config,
@@ -318,5 +318,117 @@ def test_real_archive_with_a_segment_deleted_names_the_gap(wal_repo, wrapper):
         message = source.verify_readable(info, 150000)
         print(f"real verify, {victim} deleted ({time.monotonic() - started:.2f}s): {message}")
         assert message.startswith(f"warning: WAL {victim} is missing from archive {info.details['archive_id']} after backup {info.id}")
+    finally:
+        shutil.rmtree(copy.base, ignore_errors=True)
+
+
+# --- the recovery window over several backups ---------------------------------------------
+
+
+def _backups_then_switches(repo: Repo, cluster, kinds: list[str]) -> list[str]:
+    """Each backup of ``kinds`` followed by two WAL switches; their labels, oldest first."""
+    for kind in kinds:
+        repo.pgbackrest("backup", f"--type={kind}")
+        _switch(cluster, 2)
+    data = json.loads(repo.pgbackrest("info", "--output=json").stdout)
+    return [b["label"] for b in data[0]["backup"]]
+
+
+@pytest.fixture(scope="module")
+def multi_repo():
+    """Its own PG15 cluster and repository: full, full, differential, full, each
+    followed by two WAL switches, then three more (the tests damage or expire copies
+    of it)."""
+    base, cluster = _archiving_cluster()
+    try:
+        cluster.start()
+        repo = Repo(base, cluster.data, cluster.base)
+        repo.pgbackrest("stanza-create")
+        repo.cluster = cluster
+        repo.labels = _backups_then_switches(repo, cluster, ["full", "full", "diff", "full"])
+        _switch(cluster, 3)  # room for a gap after the newest backup with segments past it
+        yield repo
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _stops(source: PgBackRestSource) -> tuple:
+    """The newest backup, and per backup label: (archive start, archive stop, stop time)."""
+    info = source.latest()
+    return info, {b["label"]: (b["wal_start"], b["wal_stop"], datetime.fromisoformat(b["stopped_at"]))
+                  for b in info.details["backups_wal"]}
+
+
+def test_real_healthy_archive_window_starts_at_the_oldest_full(multi_repo, wrapper):
+    source = _source(multi_repo, wrapper)
+    info, backups = _stops(source)
+    assert list(backups) == multi_repo.labels and len(backups) == 4
+    archive = source.wal_archive(info)
+    print(f"\nreal wal_archive, 4 backups: {archive.as_dict()}")
+    assert archive.gap is None
+    assert archive.window_start == backups[multi_repo.labels[0]][2]
+    newest_file = _segment_files(multi_repo, info.details["archive_id"])[archive.last]
+    assert archive.last_archived_at == datetime.fromtimestamp(int(newest_file.stat().st_mtime), timezone.utc)
+
+
+def test_real_expire_keeping_wal_of_the_newest_full_only_starts_the_window_there(multi_repo, wrapper):
+    copy = multi_repo.copy()
+    try:
+        copy.pgbackrest("expire", "--repo1-retention-full=5", "--repo1-retention-archive=1")
+        source = _source(copy, wrapper)
+        info, backups = _stops(source)
+        assert list(backups) == multi_repo.labels  # every backup is kept, the WAL between them is not
+        newest_full = multi_repo.labels[3]
+        files = _segment_files(copy, info.details["archive_id"])
+        first_start = parse_segment(backups[multi_repo.labels[0]][0])
+        newest_start = parse_segment(backups[newest_full][0])
+        assert any(parse_segment(n).number not in {parse_segment(f).number for f in files}
+                   for n in (Segment(1, k).name for k in range(first_start.number, newest_start.number)))
+        archive = source.wal_archive(info)
+        print(f"\nreal wal_archive after expire --repo1-retention-archive=1: {archive.as_dict()}")
+        assert archive.gap is None  # from the newest backup on, nothing is missing
+        assert archive.window_start == backups[newest_full][2]
+        assert archive.window_start > backups[multi_repo.labels[0]][2]
+    finally:
+        shutil.rmtree(copy.base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("older, newer", [(0, 1), (1, 2)], ids=["between-two-fulls", "between-full-and-diff"])
+def test_real_segment_deleted_between_two_backups_moves_the_start_to_the_newer(multi_repo, wrapper, older, newer):
+    copy = multi_repo.copy()
+    try:
+        source = _source(copy, wrapper)
+        info, backups = _stops(source)
+        old, new = multi_repo.labels[older], multi_repo.labels[newer]
+        files = _segment_files(copy, info.details["archive_id"])
+        between = sorted(n for n in files if backups[old][1] < n < backups[new][0])
+        assert between, f"no segment between {old} and {new}"
+        victim = between[len(between) // 2]
+        files[victim].unlink()
+        archive = source.wal_archive(info)
+        print(f"\nreal wal_archive, {victim} deleted between {old} and {new}: {archive.as_dict()}")
+        assert archive.gap is None  # before the newest backup: continuity holds
+        assert archive.window_start == backups[new][2]
+    finally:
+        shutil.rmtree(copy.base, ignore_errors=True)
+
+
+def test_real_gap_after_the_newest_backup_ends_the_window_before_it(multi_repo, wrapper):
+    copy = multi_repo.copy()
+    try:
+        source = _source(copy, wrapper)
+        info, backups = _stops(source)
+        files = _segment_files(copy, info.details["archive_id"])
+        after = sorted(n for n in files if n > info.details["wal_stop"])
+        victim = after[len(after) // 2]  # segments on both sides remain
+        before = max(n for n in files if n < victim)
+        files[victim].unlink()
+        archive = source.wal_archive(info)
+        print(f"\nreal wal_archive, {victim} deleted after the newest backup: {archive.as_dict()}")
+        assert archive.gap == victim
+        assert archive.last_archived_at == datetime.fromtimestamp(int(files[before].stat().st_mtime), timezone.utc)
+        assert archive.window_start == backups[multi_repo.labels[0]][2]
+        assert any(f"ends at {before}" in note for note in archive.notes)
     finally:
         shutil.rmtree(copy.base, ignore_errors=True)
