@@ -96,7 +96,10 @@ def recovery_window(archive: WalArchive, held: Mapping[str, datetime | None], se
     timeline, size = archive.timeline, segments[0].size
     # The segments recovery onto ``timeline`` reads: each position from the timeline
     # that holds it (an ancestor's before its switch), by number.
-    present = {s.number for s in segments if timeline_of(s, timeline, history) == s.timeline}
+    if history:
+        present = {s.number for s in segments if timeline_of(s, timeline, history) == s.timeline}
+    else:
+        present = {s.number for s in segments if s.timeline == timeline}
     starts = []
     for backup in backups:
         try:

@@ -6,6 +6,7 @@ for the listing's traps and for timelines, which the real cluster does not switc
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from datetime import datetime, timedelta, timezone
@@ -18,8 +19,8 @@ from exporter.backups.base import BackupSourceError
 from exporter.backups.pgbackrest import (
     PgBackRestSource, archive_contents, judge_verify, parse_info, parse_repo_ls, parse_verify,
 )
-from exporter.backups.wal import Segment, parse_segment
-from exporter.backups.wal_listing import infer_segment_size
+from exporter.backups.wal import Branch, Segment, parse_segment
+from exporter.backups.wal_listing import BackupWal, continuity, infer_segment_size
 from tests.backups.test_pgbackrest import (
     FULL, INCR, INFO_FULL_INCR, PGBACKREST, STANZA, VERIFY, Repo, _archiving_cluster, config,
 )
@@ -424,11 +425,95 @@ def test_real_gap_after_the_newest_backup_ends_the_window_before_it(multi_repo, 
         victim = after[len(after) // 2]  # segments on both sides remain
         before = max(n for n in files if n < victim)
         files[victim].unlink()
+        # The segments past the gap stored an hour later (as archiving goes on past a
+        # lost segment): the window must not end at their time.
+        for name in after:
+            if name > victim:
+                os.utime(files[name], (files[name].stat().st_atime, files[name].stat().st_mtime + 3600))
         archive = source.wal_archive(info)
         print(f"\nreal wal_archive, {victim} deleted after the newest backup: {archive.as_dict()}")
         assert archive.gap == victim
-        assert archive.last_archived_at == datetime.fromtimestamp(int(files[before].stat().st_mtime), timezone.utc)
+        before_time = datetime.fromtimestamp(int(files[before].stat().st_mtime), timezone.utc)
+        assert archive.last_archived_at == before_time
+        assert archive.last_archived_at < datetime.fromtimestamp(int(files[archive.last].stat().st_mtime), timezone.utc)
         assert archive.window_start == backups[multi_repo.labels[0]][2]
         assert any(f"ends at {before}" in note for note in archive.notes)
     finally:
         shutil.rmtree(copy.base, ignore_errors=True)
+
+
+# --- the recovery window: edge cases on stand-in listings ----------------------------------
+
+T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
+
+
+def _held(numbers, timeline: int = 1, timed: bool = True) -> dict:
+    return {Segment(timeline, n).name: (T0 + timedelta(minutes=n) if timed else None) for n in numbers}
+
+
+def _bk(label: str, start: int, stop: int, timeline: int = 1) -> BackupWal:
+    return BackupWal(label, Segment(timeline, start).name, Segment(timeline, stop).name, T0 + timedelta(minutes=stop, seconds=30))
+
+
+def test_window_edge_a_hole_between_backups_moves_the_start():
+    held = _held([*range(2, 6), *range(7, 20)])
+    backups = [_bk("a", 2, 3), _bk("b", 8, 9), _bk("c", 12, 13)]
+    archive = continuity("x", held, backups[-1].start, [], backups=backups)
+    assert archive.gap is None and archive.window_start == backups[1].ended
+    assert archive.last_archived_at == T0 + timedelta(minutes=19)
+
+
+def test_window_edge_a_hole_after_the_newest_backup_ends_the_window_before_it():
+    held = _held([*range(2, 15), *range(16, 20)])
+    backups = [_bk("a", 2, 3), _bk("c", 12, 13)]
+    archive = continuity("x", held, backups[-1].start, [], backups=backups)
+    assert archive.gap == Segment(1, 15).name
+    assert archive.window_start == backups[0].ended and archive.last_archived_at == T0 + timedelta(minutes=14)
+
+
+def test_window_edge_the_newest_backup_not_consistent_leaves_the_older_window():
+    # c's stop segment is missing: recovery from c never becomes consistent; a reaches 14.
+    held = _held([*range(2, 15), *range(16, 20)])
+    backups = [_bk("a", 2, 3), _bk("c", 14, 16)]
+    archive = continuity("x", held, backups[-1].start, [], backups=backups)
+    assert archive.window_start == backups[0].ended and archive.last_archived_at == T0 + timedelta(minutes=14)
+
+
+def test_window_edge_no_backup_replays_is_no_window_with_a_note():
+    held = _held(range(10, 20))
+    backups = [_bk("a", 2, 3), _bk("b", 5, 6)]
+    archive = continuity("x", held, backups[-1].start, [], backups=backups)
+    assert archive.window_start is None and archive.last_archived_at is None
+    assert any("no recovery window" in note for note in archive.notes)
+
+
+def test_window_edge_an_end_segment_without_a_time_is_an_unknown_end_with_a_note():
+    held = _held(range(2, 10), timed=False)
+    archive = continuity("x", held, Segment(1, 2).name, [], backups=[_bk("a", 2, 3)])
+    assert archive.window_start == _bk("a", 2, 3).ended and archive.last_archived_at is None
+    assert any("not known" in note for note in archive.notes)
+
+
+def test_window_edge_backups_on_the_parent_timeline_replay_across_the_switch():
+    # Timeline 2 branched at segment 10: 1..9 from timeline 1, 10.. from timeline 2.
+    held = {**_held(range(2, 11)), **_held(range(10, 16), timeline=2)}
+    history = [Branch(1, 10 * 16 * 1024 * 1024 + 0x28)]
+    backups = [_bk("a", 2, 3), _bk("b", 12, 13, timeline=2)]
+    archive = continuity("x", held, backups[-1].start, history, backups=backups)
+    assert archive.gap is None and archive.window_start == backups[0].ended
+    # A backup of timeline 1 past the switch is on a branch recovery does not follow.
+    stray = [_bk("stray", 10, 10)]
+    archive = continuity("x", held, stray[0].start, history, backups=stray)
+    assert archive.window_start is None and any("does not pass through" in n for n in archive.notes)
+
+
+def test_window_of_a_50000_segment_archive_is_one_quick_pass():
+    count = 50_000
+    held = {Segment(1, n).name: T0 + timedelta(seconds=n) for n in range(1, count + 1) if n != 20_000}
+    backups = [_bk(f"b{i}", n, n + 1) for i, n in enumerate(range(100, count, 5_000))]
+    started = time.perf_counter()
+    archive = continuity("x", held, backups[-1].start, [], backups=backups)
+    elapsed = time.perf_counter() - started
+    print(f"\ncontinuity with the recovery window, {len(held)} segments, {len(backups)} backups: {elapsed * 1000:.0f} ms")
+    assert archive.window_start == backups[4].ended  # the first backup after the hole at 20000
+    assert archive.gap is None and elapsed < 2
