@@ -58,7 +58,7 @@ from typing import Any
 
 from exporter.backups.base import BackupSource, BackupUnreadable, NoBackupFound
 from exporter.backups.wal import HISTORY, WalArchive
-from exporter.backups.wal_listing import continuity
+from exporter.backups.wal_listing import BackupWal, continuity
 from exporter.backups.command import excerpt, fail, json_type, parse_json, parse_timestamp, require_int, run_source_tool
 from exporter.config import BarmanBackup
 from exporter.result import BackupInfo
@@ -247,9 +247,33 @@ class BarmanBackupSource(BackupSource):
         if later:
             notes.append(f"later timelines exist ({', '.join(later)}): Barman lists WAL of the backup's timeline only")
         held = self._on_disk(segments, notes)
-        archive = continuity(where, held, begin, [], window_start=self._window_start(info), notes=notes)
+        end_wal = details.get("end_wal") if isinstance(details.get("end_wal"), str) else None
+        newest = [BackupWal(info.id, begin, end_wal, info.finished_at)] if begin else None
+        archive = continuity(where, held, begin, [], backups=newest, notes=notes)
         archive.later_timelines_unlisted = True
+        if archive.window_start is not None:
+            self._older_window_start(archive, info)
         return archive
+
+    def _older_window_start(self, archive: WalArchive, info: BackupInfo) -> None:
+        """The window's start moved back to the oldest DONE backup's end, once the
+        newest backup replays. The listing starts at the newest backup's begin_wal
+        (list-files lists per backup, up to the next backup's begin): the WAL between
+        older backups is not read, which one more call per backup would cost. Barman's
+        retention removes WAL only before its oldest backup, so that span is whole
+        unless a file was lost outside Barman: said in the notes."""
+        oldest = (info.details or {}).get("oldest_done")
+        if not isinstance(oldest, str) or oldest == info.id:
+            return
+        ended = self._window_start(info)
+        if ended is None or ended >= archive.window_start:
+            return
+        archive.window_start = ended
+        archive.notes = [n for n in archive.notes if not n.startswith("recovery window starts at")]
+        archive.notes.append(
+            f"recovery window starts at the end of the oldest DONE backup {oldest}: the WAL from it to the newest "
+            f"backup {info.id} is not listed (Barman lists WAL per backup; its retention keeps that span)"
+        )
 
     @staticmethod
     def _on_disk(segments: dict[str, str], notes: list[str]) -> dict:

@@ -451,3 +451,24 @@ def test_wal_archive_without_a_backup_says_so(standin):
 
 def test_barman_keeps_wal():
     assert barman("barman").keeps_wal() is True
+
+
+def test_wal_archive_a_gap_after_the_newest_backup_ends_the_window_before_it(standin, tmp_path):
+    paths = _wals(tmp_path, SEGMENTS)
+    Path(paths[2]).unlink()  # 0C gone: recovery from the backup (0A) reaches 0B only
+    source = barman(_wal_barman(standin, paths))
+    archive = source.wal_archive(source.latest())
+    assert archive.last == "00000001000000000000000E"
+    assert archive.last_archived_at == datetime.fromtimestamp(1795801301, timezone.utc)  # 0B's time, not 0E's
+    assert archive.window_start == datetime(2026, 11, 27, 17, 37, 55, 120000, tzinfo=timezone.utc)
+    assert any("ends at 00000001000000000000000B" in note for note in archive.notes)
+
+
+def test_wal_archive_the_newest_backups_own_wal_missing_is_no_window(standin, tmp_path):
+    paths = _wals(tmp_path, SEGMENTS)
+    Path(paths[0]).unlink()  # 0A, the backup's begin_wal and end_wal
+    source = barman(_wal_barman(standin, paths))
+    archive = source.wal_archive(source.latest())
+    assert archive.gap == "00000001000000000000000A"
+    assert archive.window_start is None and archive.last_archived_at is None
+    assert any("no recovery window" in note for note in archive.notes)
