@@ -619,9 +619,12 @@ def archive_contents(files: dict[str, dict[str, Any]], where: str) -> tuple[dict
     return held, histories
 
 
-def _backups_wal(details: dict[str, Any], notes: list[str]) -> list[BackupWal]:
+def _backups_wal(details: dict[str, Any], notes: list[str]) -> list[BackupWal] | None:
     """The backups of details["backups_wal"] (parse_info) the recovery window is judged
-    from; one without an archive start in `info` cannot be placed in the archive."""
+    from; one without an archive start in `info` cannot be placed in the archive. None
+    without a backup: the archive's newest time is then still its end (no start)."""
+    if "backups_wal" not in details:
+        return None
     backups = []
     for entry in details.get("backups_wal") or []:
         if not isinstance(entry, dict) or not isinstance(entry.get("stopped_at"), str):

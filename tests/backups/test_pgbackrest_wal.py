@@ -181,6 +181,25 @@ def test_without_a_backup_the_current_archive_is_listed_and_not_checked(tmp_path
     archive = source.wal_archive(None)
     assert archive.last == "000000010000000000000007" and archive.checked_from is None and archive.gap is None
     assert "no backup: continuity not checked" in archive.notes
+    # No backup, no window start; the newest segment's time still tells whether archiving goes on.
+    assert archive.window_start is None and archive.last_archived_at == datetime.fromtimestamp(1796226496, timezone.utc)
+
+
+def test_info_lists_every_backups_wal_for_the_window():
+    info = parse_info(INFO_FULL_INCR, STANZA)
+    assert [(b["label"], b["wal_start"], b["wal_stop"]) for b in info.details["backups_wal"]] == [
+        (FULL, "000000010000000000000002", "000000010000000000000002"),
+        (INCR, "000000010000000000000004", "000000010000000000000004"),
+    ]
+
+
+def test_a_backup_without_an_archive_start_is_left_out_of_the_window_with_a_note(tmp_path):
+    data = json.loads(INFO_FULL_INCR)
+    del data[0]["backup"][0]["archive"]
+    info = parse_info(json.dumps(data), STANZA)
+    archive = PgBackRestSource(config(_stand_in(tmp_path, {"repo-ls": REPO_LS}))).wal_archive(info)
+    assert archive.window_start == info.finished_at  # the incremental's own stop: the full cannot be placed
+    assert f"pgbackrest info gives no archive start for backup {FULL}: not in the recovery window" in archive.notes
 
 
 def test_a_failing_listing_is_an_error_with_the_tools_words(tmp_path):
