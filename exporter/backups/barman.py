@@ -57,8 +57,8 @@ from pathlib import Path
 from typing import Any
 
 from exporter.backups.base import BackupSource, BackupUnreadable, NoBackupFound
-from exporter.backups.wal import HISTORY, WalArchive
-from exporter.backups.wal_listing import continuity
+from exporter.backups.wal import HISTORY, Segment, WalArchive, parse_segment, segment_of_name
+from exporter.backups.wal_listing import BackupWal, continuity, infer_segment_size
 from exporter.backups.command import excerpt, fail, json_type, parse_json, parse_timestamp, require_int, run_source_tool
 from exporter.config import BarmanBackup
 from exporter.result import BackupInfo
@@ -247,9 +247,40 @@ class BarmanBackupSource(BackupSource):
         if later:
             notes.append(f"later timelines exist ({', '.join(later)}): Barman lists WAL of the backup's timeline only")
         held = self._on_disk(segments, notes)
-        archive = continuity(where, held, begin, [], window_start=self._window_start(info), notes=notes)
+        end_wal = details.get("end_wal") if isinstance(details.get("end_wal"), str) else None
+        newest = [BackupWal(info.id, begin, end_wal, info.finished_at)] if begin else None
+        archive = continuity(where, held, begin, [], backups=newest, notes=notes)
         archive.later_timelines_unlisted = True
+        if archive.window_start is not None:
+            self._older_window_start(archive, info, segments)
         return archive
+
+    def _older_window_start(self, archive: WalArchive, info: BackupInfo, segments: dict[str, str]) -> None:
+        """The window's start moved back to the oldest DONE backup's end, once the
+        newest backup replays. The listing starts at the newest backup's begin_wal
+        (list-files lists per backup, up to the next backup's begin), so the WAL from
+        the oldest backup's begin_wal to it is read from Barman's wals folder when
+        pgbv can see it (no Barman call): a segment missing there leaves the start at
+        the newest backup (which older one follows the hole would cost a show-backup
+        per backup). Without the folder it is not read; Barman's retention removes WAL
+        only before its oldest backup, so that span is whole unless a file was lost
+        outside Barman: said in the notes."""
+        oldest = (info.details or {}).get("oldest_done")
+        if not isinstance(oldest, str) or oldest == info.id:
+            return
+        base = self._shown_base(oldest)
+        ended = self._end_time(base, f"barman show-backup {oldest}")
+        if ended is None or ended >= archive.window_start:
+            return
+        first, last = base.get("begin_wal"), (info.details or {}).get("begin_wal")
+        hole, words = _span_on_disk(segments, first, last)
+        if hole is not None:
+            archive.notes.append(f"WAL segment {hole} is missing from Barman's wals folder between the oldest DONE backup "
+                                 f"{oldest} and the newest {info.id}: the recovery window starts at the newest")
+            return
+        archive.window_start = ended
+        archive.notes = [n for n in archive.notes if not n.startswith("recovery window starts at")]
+        archive.notes.append(f"recovery window starts at the end of the oldest DONE backup {oldest}: {words}")
 
     @staticmethod
     def _on_disk(segments: dict[str, str], notes: list[str]) -> dict:
@@ -280,17 +311,14 @@ class BarmanBackupSource(BackupSource):
         notes.append("the newest segment's time is its file's modification time in Barman's wals folder")
         return held
 
-    def _window_start(self, info: BackupInfo) -> datetime | None:
-        oldest = (info.details or {}).get("oldest_done")
-        if not isinstance(oldest, str) or oldest == info.id:
-            return info.finished_at
-        shown = self._run_json("show-backup", self.config.server, oldest)[self.config.server]
-        if not isinstance(shown, dict) or shown.get("backup_id") != oldest:
-            fail(f"barman show-backup {oldest} describes another backup", ())
+    def _shown_base(self, backup_id: str) -> dict:
+        shown = self._run_json("show-backup", self.config.server, backup_id)[self.config.server]
+        if not isinstance(shown, dict) or shown.get("backup_id") != backup_id:
+            fail(f"barman show-backup {backup_id} describes another backup", ())
         base = shown.get("base_backup_information")
         if not isinstance(base, dict):
-            fail(f"barman show-backup {oldest} has no base_backup_information", ())
-        return self._end_time(base, f"barman show-backup {oldest}")
+            fail(f"barman show-backup {backup_id} has no base_backup_information", ())
+        return base
 
     def newest_id(self, listed: Any) -> tuple[str, list[dict]]:
         """The id of the newest DONE backup in list-backups' entries for the server,
@@ -402,6 +430,35 @@ def oldest_done_id(listed: list) -> str | None:
             if isinstance(e, dict) and e.get("status") == USABLE and isinstance(e.get("backup_id"), str)]
     done = [(ended, bid) for ended, bid in done if ended is not None]
     return min(done)[1] if done else None
+
+
+def _span_on_disk(segments: dict[str, str], first: Any, last: Any) -> tuple[str | None, str]:
+    """The first segment missing from Barman's wals folder in first..last (exclusive),
+    the folder being the one the listed paths are in; (None, how it was judged) when
+    none is, or when the folder cannot be read (then said so)."""
+    unread = ("the WAL from it to the newest backup is not read (Barman's wals folder is not readable here; "
+              "its retention keeps that span)")
+    if not segments or not isinstance(first, str) or not isinstance(last, str) or not (
+            _SEGMENT_NAME.match(first) and _SEGMENT_NAME.match(last)) or first[:8] != last[:8]:
+        return None, ("the WAL from it to the newest backup is not read (Barman lists WAL per backup; "
+                      "its retention keeps that span)")
+    wals = os.path.dirname(os.path.dirname(next(iter(segments.values()))))
+    names = list(segments)
+    try:
+        with os.scandir(wals) as folders:
+            logs = [f.path for f in folders if len(f.name) == 16 and first[:16] <= f.name <= last[:16]]
+        for log in logs:
+            with os.scandir(log) as files:
+                names += [f.name[:24] for f in files if first <= f.name[:24] < last]
+    except OSError:
+        return None, unread
+    size = infer_segment_size(names)
+    begin, end = parse_segment(first, size), parse_segment(last, size)
+    present = {s.number for s in (segment_of_name(n, size) for n in names) if s is not None and s.timeline == begin.timeline}
+    for number in range(begin.number, end.number):
+        if number not in present:
+            return Segment(begin.timeline, number, size).name, ""
+    return None, f"its WAL to the newest backup, {end.number - begin.number} segment(s), is in Barman's wals folder"
 
 
 def wal_files(paths: list[str]) -> tuple[dict[str, str], list[str]]:

@@ -28,7 +28,7 @@ from typing import Any
 
 from exporter.backups.base import BackupSource, BackupSourceError, BackupUnreadable, NoBackupFound
 from exporter.backups.wal import HISTORY, WalArchive, WalNameError, parse_history, parse_segment
-from exporter.backups.wal_listing import continuity
+from exporter.backups.wal_listing import BackupWal, continuity
 from exporter.config import PgBackRestBackup
 from exporter.pgtools import ToolError, run_tool
 from exporter.redact import scrub
@@ -246,6 +246,14 @@ def _details(entry: dict, chosen: _Backup, stanza_status: dict, repos, good: lis
     # The recovery window's start: the oldest backup of this repository that pgBackRest
     # does not flag as failed.
     details["oldest_backup"] = {"label": oldest.label, "stopped_at": _utc(oldest.stop, f"{oldest.where}.timestamp.stop").isoformat()}
+    # The recovery window (wal_archive): every good backup this archive serves (same
+    # repository and database id), with the WAL it starts and stops in.
+    details["backups_wal"] = [
+        {"label": b.label, "wal_start": _wal_of(b, "start"), "wal_stop": _wal_of(b, "stop"),
+         "stopped_at": _utc(b.stop, f"{b.where}.timestamp.stop").isoformat()}
+        for b in sorted(good, key=lambda b: (b.stop, b.label))
+        if _repo_key(b) == _repo_key(chosen) and _database_id(b) == _database_id(chosen)
+    ]
     if failed:
         details["failed_backups"] = [
             {"label": b.label, "type": b.kind, "stopped_at": _utc(b.stop, f"{b.where}.timestamp.stop").isoformat()}
@@ -334,6 +342,17 @@ def parse_info(text: str, stanza: str) -> BackupInfo:
 def _repo_key(backup: _Backup) -> Any:
     database = backup.raw.get("database")
     return database.get("repo-key") if isinstance(database, dict) else None
+
+
+def _database_id(backup: _Backup) -> Any:
+    database = backup.raw.get("database")
+    return database.get("id") if isinstance(database, dict) else None
+
+
+def _wal_of(backup: _Backup, end: str) -> str | None:
+    archive = backup.raw.get("archive")
+    value = archive.get(end) if isinstance(archive, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _previous_sizes(good: list[_Backup], chosen: _Backup) -> tuple[int, ...]:
@@ -600,6 +619,24 @@ def archive_contents(files: dict[str, dict[str, Any]], where: str) -> tuple[dict
     return held, histories
 
 
+def _backups_wal(details: dict[str, Any], notes: list[str]) -> list[BackupWal] | None:
+    """The backups of details["backups_wal"] (parse_info) the recovery window is judged
+    from; one without an archive start in `info` cannot be placed in the archive. None
+    without a backup: the archive's newest time is then still its end (no start)."""
+    if "backups_wal" not in details:
+        return None
+    backups = []
+    for entry in details.get("backups_wal") or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("stopped_at"), str):
+            continue
+        if not isinstance(entry.get("wal_start"), str):
+            notes.append(f"pgbackrest info gives no archive start for backup {entry.get('label')}: not in the recovery window")
+            continue
+        backups.append(BackupWal(str(entry.get("label")), entry["wal_start"], entry.get("wal_stop"),
+                                 datetime.fromisoformat(entry["stopped_at"])))
+    return backups
+
+
 # --- the source ---------------------------------------------------------------------------
 
 
@@ -717,16 +754,13 @@ class PgBackRestSource(BackupSource):
         history = []
         if newest is not None and int(newest[:8], 16) > 1:
             history = self._history(repo, path, int(newest[:8], 16), histories, notes)
-        oldest = details.get("oldest_backup")
-        window_start = None
-        if isinstance(oldest, dict) and isinstance(oldest.get("stopped_at"), str):
-            window_start = datetime.fromisoformat(oldest["stopped_at"])
-        archive = continuity(where, held, start, history, window_start=window_start, notes=notes)
+        backups = _backups_wal(details, notes)
+        archive = continuity(where, held, start, history, backups=backups, notes=notes)
         said_max = details.get("archive_max")
         if isinstance(said_max, str) and archive.last is not None and archive.last < said_max:
             archive.notes.append(f"pgbackrest info said the newest segment was {said_max}; the listing's newest is {archive.last}")
         if archive.last_archived_at is not None:
-            archive.notes.append("the newest segment's time is when pgBackRest stored it (its file's time in the repository)")
+            archive.notes.append("the recovery window's end is when pgBackRest stored its segment (the file's time in the repository)")
         return archive
 
     def _history(self, repo: int | None, path: str, timeline: int, histories: list[str], notes: list[str]):

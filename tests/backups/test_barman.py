@@ -355,15 +355,18 @@ def test_recover_of_an_inactive_server_recovered_nothing(standin, tmp_path):
 # JsonOutputWriter; the real command is run in test_barman_real.py).
 
 
-def _older_shown() -> bytes:
+def _older_shown(begin_wal: str | None = None) -> bytes:
     data = shown()
     data["pg15"]["backup_id"] = OLDER
     data["pg15"]["base_backup_information"]["end_time"] = "2026-11-27 17:37:55.120000+00:00"
+    if begin_wal is not None:
+        data["pg15"]["base_backup_information"]["begin_wal"] = begin_wal
     return dumps(data)
 
 
-def _wal_barman(standin, paths: list[str], list_files_exit: int = 0, list_files: bytes | None = None) -> Path:
-    out = {"list": LIST, "show-new": SHOW, "show-old": _older_shown(),
+def _wal_barman(standin, paths: list[str], list_files_exit: int = 0, list_files: bytes | None = None,
+                older_begin: str | None = None) -> Path:
+    out = {"list": LIST, "show-new": SHOW, "show-old": _older_shown(older_begin),
            "files": list_files if list_files is not None else dumps({"_INFO": paths} if paths else {})}
     for key, data in out.items():
         (standin.folder / f"{key}.json").write_bytes(data.read_bytes() if isinstance(data, Path) else data)
@@ -451,3 +454,57 @@ def test_wal_archive_without_a_backup_says_so(standin):
 
 def test_barman_keeps_wal():
     assert barman("barman").keeps_wal() is True
+
+
+def test_wal_archive_a_gap_after_the_newest_backup_ends_the_window_before_it(standin, tmp_path):
+    paths = _wals(tmp_path, SEGMENTS)
+    Path(paths[2]).unlink()  # 0C gone: recovery from the backup (0A) reaches 0B only
+    source = barman(_wal_barman(standin, paths))
+    archive = source.wal_archive(source.latest())
+    assert archive.last == "00000001000000000000000E"
+    assert archive.last_archived_at == datetime.fromtimestamp(1795801301, timezone.utc)  # 0B's time, not 0E's
+    assert archive.window_start == datetime(2026, 11, 27, 17, 37, 55, 120000, tzinfo=timezone.utc)
+    assert any("ends at 00000001000000000000000B" in note for note in archive.notes)
+
+
+def test_wal_archive_the_newest_backups_own_wal_missing_is_no_window(standin, tmp_path):
+    paths = _wals(tmp_path, SEGMENTS)
+    Path(paths[0]).unlink()  # 0A, the backup's begin_wal and end_wal
+    source = barman(_wal_barman(standin, paths))
+    archive = source.wal_archive(source.latest())
+    assert archive.gap == "00000001000000000000000A"
+    assert archive.window_start is None and archive.last_archived_at is None
+    assert any("no recovery window" in note for note in archive.notes)
+
+
+OLDER_BEGIN = "000000010000000000000005"
+OLDER_END = datetime(2026, 11, 27, 17, 37, 55, 120000, tzinfo=timezone.utc)
+
+
+def test_wal_archive_the_wal_from_the_oldest_backup_on_disk_starts_the_window_there(standin, tmp_path):
+    paths = _wals(tmp_path, SEGMENTS)
+    _wals(tmp_path, [f"0000000100000000000000{n:02X}" for n in range(5, 10)])  # 05..09: before the newest's 0A
+    source = barman(_wal_barman(standin, paths, older_begin=OLDER_BEGIN))
+    archive = source.wal_archive(source.latest())
+    assert archive.window_start == OLDER_END
+    assert any("5 segment(s), is in Barman's wals folder" in note for note in archive.notes)
+
+
+def test_wal_archive_a_segment_lost_between_the_oldest_and_the_newest_backup_starts_at_the_newest(standin, tmp_path):
+    paths = _wals(tmp_path, SEGMENTS)
+    _wals(tmp_path, [f"0000000100000000000000{n:02X}" for n in range(5, 10) if n != 7])
+    source = barman(_wal_barman(standin, paths, older_begin=OLDER_BEGIN))
+    info = source.latest()
+    archive = source.wal_archive(info)
+    assert archive.window_start == info.finished_at
+    assert any(note.startswith("WAL segment 000000010000000000000007 is missing from Barman's wals folder")
+               for note in archive.notes)
+
+
+def test_wal_archive_without_the_wals_folder_the_oldest_start_is_said_unread(standin):
+    paths = [f"/nonexistent/barman/pg15/wals/{s[:16]}/{s}" for s in SEGMENTS]
+    source = barman(_wal_barman(standin, paths, older_begin=OLDER_BEGIN))
+    archive = source.wal_archive(source.latest())
+    # No file time: the end is unknown; the start is Barman's oldest DONE backup, not proved.
+    assert archive.window_start == OLDER_END and archive.last_archived_at is None
+    assert any("is not read" in note for note in archive.notes)

@@ -7,6 +7,7 @@ listing's traps and for timelines."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from datetime import datetime, timedelta, timezone
@@ -19,8 +20,8 @@ from exporter.backups.base import BackupSourceError
 from exporter.backups.pgbackrest import (
     PgBackRestSource, archive_contents, judge_verify, parse_info, parse_repo_ls, parse_verify,
 )
-from exporter.backups.wal import parse_segment
-from exporter.backups.wal_listing import continuity, infer_segment_size
+from exporter.backups.wal import Branch, Segment, parse_segment
+from exporter.backups.wal_listing import BackupWal, continuity, infer_segment_size
 from exporter.checks.wal_continuity import LIVE_QUERY, compare_live
 from tests.backups.test_pgbackrest import (
     FULL, INCR, INFO_FULL_INCR, PGBACKREST, STANZA, VERIFY, Repo, _archiving_cluster, _private_dir, config,
@@ -221,6 +222,25 @@ def test_without_a_backup_the_current_archive_is_listed_and_not_checked(tmp_path
     archive = source.wal_archive(None)
     assert archive.last == "000000010000000000000007" and archive.checked_from is None and archive.gap is None
     assert "no backup: continuity not checked" in archive.notes
+    # No backup, no window start; the newest segment's time still tells whether archiving goes on.
+    assert archive.window_start is None and archive.last_archived_at == datetime.fromtimestamp(1796226496, timezone.utc)
+
+
+def test_info_lists_every_backups_wal_for_the_window():
+    info = parse_info(INFO_FULL_INCR, STANZA)
+    assert [(b["label"], b["wal_start"], b["wal_stop"]) for b in info.details["backups_wal"]] == [
+        (FULL, "000000010000000000000002", "000000010000000000000002"),
+        (INCR, "000000010000000000000004", "000000010000000000000004"),
+    ]
+
+
+def test_a_backup_without_an_archive_start_is_left_out_of_the_window_with_a_note(tmp_path):
+    data = json.loads(INFO_FULL_INCR)
+    del data[0]["backup"][0]["archive"]
+    info = parse_info(json.dumps(data), STANZA)
+    archive = PgBackRestSource(config(_stand_in(tmp_path, {"repo-ls": REPO_LS}))).wal_archive(info)
+    assert archive.window_start == info.finished_at  # the incremental's own stop: the full cannot be placed
+    assert f"pgbackrest info gives no archive start for backup {FULL}: not in the recovery window" in archive.notes
 
 
 def test_a_failing_listing_is_an_error_with_the_tools_words(tmp_path):
@@ -423,3 +443,199 @@ def test_real_restored_copy_promoted_into_the_repository_fails_naming_the_fork(w
             copy.destroy()
         cluster.destroy()
         shutil.rmtree(base, ignore_errors=True)
+
+
+# --- the recovery window over several backups ---------------------------------------------
+
+
+def _backups_then_switches(repo: Repo, cluster, kinds: list[str]) -> list[str]:
+    """Each backup of ``kinds`` followed by two WAL switches; their labels, oldest first."""
+    for kind in kinds:
+        repo.pgbackrest("backup", f"--type={kind}")
+        _switch(cluster, 2)
+    data = json.loads(repo.pgbackrest("info", "--output=json").stdout)
+    return [b["label"] for b in data[0]["backup"]]
+
+
+@pytest.fixture(scope="module")
+def multi_repo():
+    """Its own PG15 cluster and repository: full, full, differential, full, each
+    followed by two WAL switches, then three more (the tests damage or expire copies
+    of it)."""
+    base, cluster = _archiving_cluster()
+    try:
+        cluster.start()
+        repo = Repo(base, cluster.data, cluster.base)
+        repo.pgbackrest("stanza-create")
+        repo.cluster = cluster
+        repo.labels = _backups_then_switches(repo, cluster, ["full", "full", "diff", "full"])
+        _switch(cluster, 3)  # room for a gap after the newest backup with segments past it
+        yield repo
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _stops(source: PgBackRestSource) -> tuple:
+    """The newest backup, and per backup label: (archive start, archive stop, stop time)."""
+    info = source.latest()
+    return info, {b["label"]: (b["wal_start"], b["wal_stop"], datetime.fromisoformat(b["stopped_at"]))
+                  for b in info.details["backups_wal"]}
+
+
+def test_real_healthy_archive_window_starts_at_the_oldest_full(multi_repo, wrapper):
+    source = _source(multi_repo, wrapper)
+    info, backups = _stops(source)
+    assert list(backups) == multi_repo.labels and len(backups) == 4
+    archive = source.wal_archive(info)
+    print(f"\nreal wal_archive, 4 backups: {archive.as_dict()}")
+    assert archive.gap is None
+    assert archive.window_start == backups[multi_repo.labels[0]][2]
+    newest_file = _segment_files(multi_repo, info.details["archive_id"])[archive.last]
+    assert archive.last_archived_at == datetime.fromtimestamp(int(newest_file.stat().st_mtime), timezone.utc)
+
+
+def test_real_expire_keeping_wal_of_the_newest_full_only_starts_the_window_there(multi_repo, wrapper):
+    copy = multi_repo.copy()
+    try:
+        copy.pgbackrest("expire", "--repo1-retention-full=5", "--repo1-retention-archive=1")
+        source = _source(copy, wrapper)
+        info, backups = _stops(source)
+        assert list(backups) == multi_repo.labels  # every backup is kept, the WAL between them is not
+        newest_full = multi_repo.labels[3]
+        files = _segment_files(copy, info.details["archive_id"])
+        first_start = parse_segment(backups[multi_repo.labels[0]][0])
+        newest_start = parse_segment(backups[newest_full][0])
+        assert any(parse_segment(n).number not in {parse_segment(f).number for f in files}
+                   for n in (Segment(1, k).name for k in range(first_start.number, newest_start.number)))
+        archive = source.wal_archive(info)
+        print(f"\nreal wal_archive after expire --repo1-retention-archive=1: {archive.as_dict()}")
+        assert archive.gap is None  # from the newest backup on, nothing is missing
+        assert archive.window_start == backups[newest_full][2]
+        assert archive.window_start > backups[multi_repo.labels[0]][2]
+    finally:
+        shutil.rmtree(copy.base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("older, newer", [(0, 1), (1, 2)], ids=["between-two-fulls", "between-full-and-diff"])
+def test_real_segment_deleted_between_two_backups_moves_the_start_to_the_newer(multi_repo, wrapper, older, newer):
+    copy = multi_repo.copy()
+    try:
+        source = _source(copy, wrapper)
+        info, backups = _stops(source)
+        old, new = multi_repo.labels[older], multi_repo.labels[newer]
+        files = _segment_files(copy, info.details["archive_id"])
+        between = sorted(n for n in files if backups[old][1] < n < backups[new][0])
+        assert between, f"no segment between {old} and {new}"
+        victim = between[len(between) // 2]
+        files[victim].unlink()
+        archive = source.wal_archive(info)
+        print(f"\nreal wal_archive, {victim} deleted between {old} and {new}: {archive.as_dict()}")
+        assert archive.gap is None  # before the newest backup: continuity holds
+        assert archive.window_start == backups[new][2]
+    finally:
+        shutil.rmtree(copy.base, ignore_errors=True)
+
+
+def test_real_gap_after_the_newest_backup_ends_the_window_before_it(multi_repo, wrapper):
+    copy = multi_repo.copy()
+    try:
+        source = _source(copy, wrapper)
+        info, backups = _stops(source)
+        files = _segment_files(copy, info.details["archive_id"])
+        after = sorted(n for n in files if n > info.details["wal_stop"])
+        victim = after[len(after) // 2]  # segments on both sides remain
+        before = max(n for n in files if n < victim)
+        files[victim].unlink()
+        # The segments past the gap stored an hour later (as archiving goes on past a
+        # lost segment): the window must not end at their time.
+        for name in after:
+            if name > victim:
+                os.utime(files[name], (files[name].stat().st_atime, files[name].stat().st_mtime + 3600))
+        archive = source.wal_archive(info)
+        print(f"\nreal wal_archive, {victim} deleted after the newest backup: {archive.as_dict()}")
+        assert archive.gap == victim
+        before_time = datetime.fromtimestamp(int(files[before].stat().st_mtime), timezone.utc)
+        assert archive.last_archived_at == before_time
+        assert archive.last_archived_at < datetime.fromtimestamp(int(files[archive.last].stat().st_mtime), timezone.utc)
+        assert archive.window_start == backups[multi_repo.labels[0]][2]
+        assert any(f"ends at {before}" in note for note in archive.notes)
+    finally:
+        shutil.rmtree(copy.base, ignore_errors=True)
+
+
+# --- the recovery window: edge cases on stand-in listings ----------------------------------
+
+T0 = datetime(2026, 12, 1, tzinfo=timezone.utc)
+
+
+def _held(numbers, timeline: int = 1, timed: bool = True) -> dict:
+    return {Segment(timeline, n).name: (T0 + timedelta(minutes=n) if timed else None) for n in numbers}
+
+
+def _bk(label: str, start: int, stop: int, timeline: int = 1) -> BackupWal:
+    return BackupWal(label, Segment(timeline, start).name, Segment(timeline, stop).name, T0 + timedelta(minutes=stop, seconds=30))
+
+
+def test_window_edge_a_hole_between_backups_moves_the_start():
+    held = _held([*range(2, 6), *range(7, 20)])
+    backups = [_bk("a", 2, 3), _bk("b", 8, 9), _bk("c", 12, 13)]
+    archive = continuity("x", held, backups[-1].start, [], backups=backups)
+    assert archive.gap is None and archive.window_start == backups[1].ended
+    assert archive.last_archived_at == T0 + timedelta(minutes=19)
+
+
+def test_window_edge_a_hole_after_the_newest_backup_ends_the_window_before_it():
+    held = _held([*range(2, 15), *range(16, 20)])
+    backups = [_bk("a", 2, 3), _bk("c", 12, 13)]
+    archive = continuity("x", held, backups[-1].start, [], backups=backups)
+    assert archive.gap == Segment(1, 15).name
+    assert archive.window_start == backups[0].ended and archive.last_archived_at == T0 + timedelta(minutes=14)
+
+
+def test_window_edge_the_newest_backup_not_consistent_leaves_the_older_window():
+    # c's stop segment is missing: recovery from c never becomes consistent; a reaches 14.
+    held = _held([*range(2, 15), *range(16, 20)])
+    backups = [_bk("a", 2, 3), _bk("c", 14, 16)]
+    archive = continuity("x", held, backups[-1].start, [], backups=backups)
+    assert archive.window_start == backups[0].ended and archive.last_archived_at == T0 + timedelta(minutes=14)
+
+
+def test_window_edge_no_backup_replays_is_no_window_with_a_note():
+    held = _held(range(10, 20))
+    backups = [_bk("a", 2, 3), _bk("b", 5, 6)]
+    archive = continuity("x", held, backups[-1].start, [], backups=backups)
+    assert archive.window_start is None and archive.last_archived_at is None
+    assert any("no recovery window" in note for note in archive.notes)
+
+
+def test_window_edge_an_end_segment_without_a_time_is_an_unknown_end_with_a_note():
+    held = _held(range(2, 10), timed=False)
+    archive = continuity("x", held, Segment(1, 2).name, [], backups=[_bk("a", 2, 3)])
+    assert archive.window_start == _bk("a", 2, 3).ended and archive.last_archived_at is None
+    assert any("not known" in note for note in archive.notes)
+
+
+def test_window_edge_backups_on_the_parent_timeline_replay_across_the_switch():
+    # Timeline 2 branched at segment 10: 1..9 from timeline 1, 10.. from timeline 2.
+    held = {**_held(range(2, 11)), **_held(range(10, 16), timeline=2)}
+    history = [Branch(1, 10 * 16 * 1024 * 1024 + 0x28)]
+    backups = [_bk("a", 2, 3), _bk("b", 12, 13, timeline=2)]
+    archive = continuity("x", held, backups[-1].start, history, backups=backups)
+    assert archive.gap is None and archive.window_start == backups[0].ended
+    # A backup of timeline 1 past the switch is on a branch recovery does not follow.
+    stray = [_bk("stray", 10, 10)]
+    archive = continuity("x", held, stray[0].start, history, backups=stray)
+    assert archive.window_start is None and any("does not pass through" in n for n in archive.notes)
+
+
+def test_window_of_a_50000_segment_archive_is_one_quick_pass():
+    count = 50_000
+    held = {Segment(1, n).name: T0 + timedelta(seconds=n) for n in range(1, count + 1) if n != 20_000}
+    backups = [_bk(f"b{i}", n, n + 1) for i, n in enumerate(range(100, count, 5_000))]
+    started = time.perf_counter()
+    archive = continuity("x", held, backups[-1].start, [], backups=backups)
+    elapsed = time.perf_counter() - started
+    print(f"\ncontinuity with the recovery window, {len(held)} segments, {len(backups)} backups: {elapsed * 1000:.0f} ms")
+    assert archive.window_start == backups[4].ended  # the first backup after the hole at 20000
+    assert archive.gap is None and elapsed < 2
