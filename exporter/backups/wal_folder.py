@@ -431,13 +431,16 @@ def _compare_identity(archive: WalArchive, backup: BaseBackup | None,
     if backup is not None:
         expected, expected_from = backup_system_identifier(backup.path)
     problems = []
+    foreign = [(role, file, header) for role, _, file, header in read if expected is not None and header.sysid != expected]
+    if foreign:
+        written = " and ".join(f"{file.name} (the {role} segment) by system identifier {header.sysid}"
+                               for role, file, header in foreign)
+        problems.append(
+            f"{archive.where} holds another cluster's WAL: {written}, but base backup {backup.name} is of system "
+            f"identifier {expected} ({expected_from})"
+        )
     for role, segment, file, header in read:
         if expected is not None and header.sysid != expected:
-            problems.append(
-                f"{file.name} (the {role} segment) was written by the cluster with system identifier {header.sysid}, "
-                f"but base backup {backup.name} is of system identifier {expected} ({expected_from}): "
-                f"{archive.where} holds another cluster's WAL"
-            )
             continue
         if header.seg_size != size:
             problems.append(f"{file.name}'s header gives a segment size of {header.seg_size} bytes, the archive's is {size}")
