@@ -451,9 +451,10 @@ def _compare_identity(archive: WalArchive, backup: BaseBackup | None,
                 "a misnamed segment"
             )
             continue
-        # The first segment of a new timeline starts with a copy of its parent's (up to
-        # the switch point), header included: an older timeline there is right.
-        switched_from = {b.parent for b in history if b.switch // size == segment.number}
+        # A timeline switched inside a segment starts its file with a copy of the
+        # parent's (up to the switch point), header included: an older timeline there
+        # is right. Switched at a segment's start, the new file is fresh.
+        switched_from = {b.parent for b in history if b.switch // size == segment.number and b.switch % size}
         if header.timeline != segment.timeline and not (header.timeline < segment.timeline
                                                         and header.timeline in switched_from):
             problems.append(

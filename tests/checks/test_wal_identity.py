@@ -27,6 +27,7 @@ from tests.checks.test_wal_continuity import (
     _gzip_cmd,
     _need_pg15,
     _private_dir,
+    _restored_cluster,
     _unprivileged_user,
     run,
     segments,
@@ -281,3 +282,60 @@ def test_header_layout_matches_a_real_segment(ours):
     assert (header.sysid, header.seg_size, header.blcksz) == (ours.sysid, 16 * MiB, 8192)
     direct = read_archive(ours.plain, ours.backups, "base-*", None, None)
     assert direct.identity_problem is None and direct.last == newest
+
+
+def test_new_timelines_first_segment_carries_its_parents_header():
+    """A promoted server's first segment on timeline 2 starts with a copy of timeline
+    1's (header included): its older timeline is right, not a misnamed segment."""
+    world = Archiving(switches=2)
+    restored = None
+    try:
+        # Archive recovery alone ends on a segment boundary (the last archived segment ends
+        # in a switch): the unarchived, half-written segment in pg_wal moves the switch
+        # point inside a segment, which is what makes PostgreSQL copy its start.
+        (current,), = world.execute("INSERT INTO t SELECT generate_series(1, 1000)",
+                                    "SELECT pg_walfile_name(pg_current_wal_lsn())")
+        world.cluster.stop()
+        restored = _restored_cluster(world.base, world.plain)
+        shutil.copy(world.cluster.data / "pg_wal" / current, restored.data / "pg_wal" / current)
+        if restored.user:
+            shutil.chown(restored.data / "pg_wal" / current, restored.user)
+        restored.start()
+        deadline = time.monotonic() + 60
+        while True:
+            with psycopg.connect(restored.dsn(), autocommit=True) as conn:
+                if conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,):
+                    (segment,), = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchall()
+                    break
+            assert time.monotonic() < deadline, "the restored copy did not end recovery"
+            time.sleep(0.2)
+        while not (world.plain / segment).exists():
+            assert time.monotonic() < deadline, f"{segment} not archived"
+            time.sleep(0.1)
+        tl2_first = min(s for s in segments(world.plain) if s.startswith("00000002"))
+        assert segment == tl2_first == segments(world.plain)[-1]
+        header = read_header(str(world.plain / tl2_first))
+        assert header.timeline == 1 and header.sysid == world.sysid  # the copied page
+        target = make_target(restored.dsn(), checks={}, backup={
+            "source": "directory", "path": str(world.backups), "pattern": "base-*", "min_size_mb": 0,
+            "wal_path": str(world.plain)})
+        result = run(target)
+        assert result.outcome == "pass", result.message
+        assert result.data["wal"]["last"] == tl2_first and result.data["wal"]["timeline"] == 2
+    finally:
+        if restored is not None:
+            restored.destroy()
+        world.destroy()
+
+
+def test_segment_renamed_onto_a_new_timeline_is_misnamed(ours):
+    """A timeline switched at a segment's start begins a fresh segment (its header of
+    the new timeline): timeline 1's file renamed there is not what recovery needs."""
+    copy = ours.copy(ours.plain)
+    newest = segments(copy)[-1]
+    shutil.copy(copy / newest, copy / f"00000002{newest[8:]}")
+    (copy / "00000002.history").write_text(f"1\t0/{int(newest[16:], 16) * 16 * MiB:X}\tno recovery target specified\n")
+    result = run(ours.target(copy))
+    assert result.outcome == "fail", result.message
+    assert f"00000002{newest[8:]}'s header is of timeline 1, its name of timeline 2: a misnamed segment" \
+        in result.message
