@@ -61,6 +61,7 @@ _STOP_TIME = re.compile(r"^STOP TIME: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (\S+)\s*$
 _OFFSET = re.compile(r"^([+-])(\d\d)(\d\d)?$")
 _SMALLEST = 1024 * 1024  # parses every valid name: a log part below 4096 is valid for 1 MiB and up
 _SIZE_TRIES = 8  # compressed segments whose header is read to learn the segment size
+_TORN_LIMIT = 64  # unreadable newest segments in a row: past it the folder is not WAL
 
 
 @dataclass
@@ -327,8 +328,8 @@ def read_archive(wal_path: Path, backups_path: Path, pattern: str, newest_locati
         )
 
     chain = [(s, f) for s, f in segments.values() if timeline_of(s, timeline, history) == s.timeline]
-    chain, newest_header = _newest_readable(chain, segments, notes)
-    archive = WalArchive(where, timeline=timeline, names=frozenset(segments), notes=notes)
+    chain, newest_header, not_wal = _newest_readable(chain, segments, notes)
+    archive = WalArchive(where, timeline=timeline, names=frozenset(segments), notes=notes, identity_problem=not_wal)
     if chain:
         last_segment = max(chain, key=lambda pair: pair[0].number)[0]
         archive.last = last_segment.name
@@ -373,16 +374,23 @@ def _lsn(position: int) -> str:
 
 
 def _newest_readable(chain: list[tuple[Segment, _File]], segments: dict[str, tuple[Segment, _File]],
-                     notes: list[str]) -> tuple[list[tuple[Segment, _File]], LongHeader | None]:
+                     notes: list[str]) -> tuple[list[tuple[Segment, _File]], LongHeader | None, str | None]:
     """The chain without its newest segments whose first page header cannot be read
     (empty, truncated, corrupt compression, not WAL): a torn copy, not held. Walks down
     from the newest only: the archive's middle is judged by name (reading every header
     would cost the whole archive)."""
     ordered = sorted(chain, key=lambda pair: pair[0].number, reverse=True)
     torn = []
-    header = None
+    header = problem = None
     kept: list[tuple[Segment, _File]] = []
     for index, (segment, file) in enumerate(ordered):
+        if len(torn) == _TORN_LIMIT:
+            # Not one torn copy but a folder of files that are not WAL (the trial's
+            # empty .gz files): said so, instead of opening every one of them.
+            kept = ordered[index:]
+            problem = (f"the newest {_TORN_LIMIT} segments hold no readable WAL page header ({ordered[0][1].name} "
+                       f"down to {ordered[index - 1][1].name}): files named as segments that are not WAL")
+            break
         try:
             header = read_header(file.path)
         except WalHeaderError as exc:
@@ -397,7 +405,7 @@ def _newest_readable(chain: list[tuple[Segment, _File]], segments: dict[str, tup
         more = f" and {len(torn) - 5} more" if len(torn) > 5 else ""
         notes.append(f"not counted, the newest segment(s) hold no readable WAL page header (a torn copy): "
                      f"{', '.join(torn[:5])}{more}")
-    return kept, header
+    return kept, header, problem
 
 
 def _start_header(archive: WalArchive, segments: dict[str, tuple[Segment, _File]],
@@ -467,7 +475,7 @@ def _compare_identity(archive: WalArchive, backup: BaseBackup | None,
             f"{read[1][2].name} (system identifier {read[1][3].sysid}) are of two clusters"
         )
     if problems:
-        archive.identity_problem = "; ".join(problems)
+        archive.identity_problem = "; ".join(filter(None, [archive.identity_problem, *problems]))
         return
     names = " and ".join(f"{file.name} ({role})" for role, _, file, _ in read)
     if expected is not None:
