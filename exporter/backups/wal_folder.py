@@ -12,8 +12,13 @@ Where each fact comes from, and why there:
   (it is archived as the backup stops), else the backup_manifest's modification time
   (pg_basebackup writes it last), else the folder's newest modification time.
 - The segment size: the most common size of the uncompressed segments that is a valid
-  segment size; with only compressed segments, 16 MiB (initdb's default), said in notes.
-  An uncompressed segment of another size is a torn copy: not counted as held.
+  segment size; with only compressed segments, the newest one's page header says
+  (xlp_seg_size), else 16 MiB (initdb's default), said in notes. An uncompressed
+  segment of another size is a torn copy: not counted as held.
+- Whose WAL it is: the first page headers of the newest segment and of the newest base
+  backup's start segment (exporter/backups/wal_header.py), against the backup's system
+  identifier and the files' names. Names alone are the same in every cluster. An
+  unreadable newest header is a torn copy, not held; two headers, not the archive.
 - The timeline: from the newest backup's, the next timelines whose ``.history`` exists,
   as PostgreSQL's recovery_target_timeline=latest probes them (it stops at the first
   missing history file, and so does this).

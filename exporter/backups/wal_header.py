@@ -28,9 +28,12 @@ import bz2
 import gzip
 import json
 import lzma
+import os
+import select
 import shutil
 import struct
 import subprocess
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,13 +92,25 @@ def _run_decompressor(binary: str, path: str) -> bytes:
         raise NoDecompressor(f"{binary} is not installed")
     # -dc streams; reading HEADER_SIZE bytes then closing ends it early (SIGPIPE), so a
     # 1 GiB segment costs its first frame, not its whole decompression.
+    deadline = time.monotonic() + DECOMPRESS_TIMEOUT
     with subprocess.Popen([tool, "-dc", "--", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        data = b""
         try:
-            data = proc.stdout.read(HEADER_SIZE)
+            # A decompressor that hangs before its first bytes must not hold the run.
+            while len(data) < HEADER_SIZE:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not select.select([proc.stdout], [], [], remaining)[0]:
+                    proc.kill()
+                    proc.communicate()
+                    raise WalHeaderError(f"{binary} did not answer within {DECOMPRESS_TIMEOUT} s")
+                chunk = os.read(proc.stdout.fileno(), HEADER_SIZE - len(data))
+                if not chunk:
+                    break
+                data += chunk
         finally:
             proc.stdout.close()
         try:
-            _, err = proc.communicate(timeout=DECOMPRESS_TIMEOUT)
+            _, err = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()

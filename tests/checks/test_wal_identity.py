@@ -252,6 +252,14 @@ def test_header_read_through_zstd_and_lz4(ours, tool):
     result = run(ours.target(folder))
     assert result.outcome == "pass", result.message
     assert f"segment size 16 MiB, from the first page header of {newest}.{suffix}" in result.data["wal"]["notes"]
+    # Cut inside its first frame: the binary fails, the segment is a torn copy.
+    compressed = folder / f"{newest}.{suffix}"
+    compressed.write_bytes(compressed.read_bytes()[:12])
+    torn = run(ours.target(folder))
+    assert torn.outcome == "fail" and torn.data["wal"]["last"] == segments(folder)[-2], torn.message
+    assert any(n.startswith(f"not counted, the newest segment(s) hold no readable WAL page header (a torn copy): "
+                            f"{newest}.{suffix} ({tool} cannot decompress it: ") for n in torn.data["wal"]["notes"]), \
+        torn.data["wal"]["notes"]
 
 
 def test_64_mib_segments_compressed_only_size_from_the_header():
