@@ -19,7 +19,8 @@ XLogLongPageHeaderData, native byte order, little-endian on every platform pgbv 
 and so does pgbv, reading 40 bytes of the two segments that matter (the newest, and
 the base backup's start), never the whole archive. The system identifier to compare
 with is the first 8 bytes of the backup's global/pg_control (ControlFileData starts
-with it), or its backup_manifest's System-Identifier (PostgreSQL 17+, tar format too).
+with it), or its backup_manifest's System-Identifier (PostgreSQL 17+, tar format too), or
+the global/pg_control member of an uncompressed base.tar.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import select
 import shutil
 import struct
 import subprocess
+import tarfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -177,7 +179,20 @@ def backup_system_identifier(backup: Path) -> tuple[int | None, str]:
             why.append("its backup_manifest names no System-Identifier (PostgreSQL 17+ writes one)")
         except (OSError, ValueError, AttributeError) as exc:
             why.append(f"its backup_manifest is unreadable ({exc})")
-    if not control.exists():
-        # Tar format: pg_control is the last member of base.tar, compressed with it.
-        why.insert(0, "no global/pg_control (tar format)")
+    tar = backup / "base.tar"
+    if not control.exists() and tar.exists():
+        # Uncompressed tar format: tarfile seeks from member header to member header,
+        # reading none of the data but pg_control's 8 bytes.
+        try:
+            with tarfile.open(tar, "r:") as archive:
+                handle = archive.extractfile("global/pg_control")
+                data = handle.read(8) if handle is not None else b""
+            if len(data) == 8:
+                return struct.unpack("<Q", data)[0], "global/pg_control in its base.tar"
+            why.append(f"global/pg_control in its base.tar holds {len(data)} byte(s)")
+        except (OSError, tarfile.TarError, KeyError) as exc:
+            why.append(f"no readable global/pg_control in its base.tar ({exc})")
+    elif not control.exists():
+        # A compressed base.tar would be read whole to reach pg_control (sent last).
+        why.insert(0, "no global/pg_control nor an uncompressed base.tar")
     return None, "; ".join(why)

@@ -351,3 +351,27 @@ def test_segment_renamed_onto_a_new_timeline_is_misnamed(ours):
     assert result.outcome == "fail", result.message
     assert f"00000002{newest[8:]}'s header is of timeline 1, its name of timeline 2: a misnamed segment" \
         in result.message
+
+
+def test_tar_format_backup_identifier_from_its_base_tar(ours, theirs):
+    # Last in this file: the backup adds segments to ours' archive.
+    backups = ours.root / "tar-backups"
+    backups.mkdir()
+    tool = find_tool("pg_basebackup", 150000, pg_bin_dir=PG15_BIN)
+    run_tool(tool, ["-D", str(backups / "base-1"), "-Ft", "-X", "fetch", "-c", "fast", "-d", ours.cluster.dsn()],
+             timeout=120)
+    ours.switch()
+
+    def target(wal: Path):
+        return make_target(ours.cluster.dsn(), checks={}, backup={
+            "source": "directory", "path": str(backups), "pattern": "base-*", "min_size_mb": 0, "wal_path": str(wal)})
+
+    assert not (backups / "base-1" / "global").exists() and (backups / "base-1" / "base.tar").exists()
+    healthy = run(target(ours.plain))
+    assert healthy.outcome == "pass", healthy.message
+    assert any(n.startswith(f"system identifier {ours.sysid} (global/pg_control in its base.tar of base-1)")
+               for n in healthy.data["wal"]["notes"]), healthy.data["wal"]["notes"]
+    foreign = run(target(theirs.plain))
+    assert foreign.outcome == "fail", foreign.message
+    assert f"but base backup base-1 is of system identifier {ours.sysid} (global/pg_control in its base.tar)" \
+        in foreign.message
