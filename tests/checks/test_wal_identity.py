@@ -244,8 +244,8 @@ def test_header_read_through_zstd_and_lz4(ours, tool):
     folder = ours.root / f"by-{tool}"
     folder.mkdir()
     for name in segments(ours.plain):
-        subprocess.run([binary, "-q", "-c", str(ours.plain / name)], check=True,
-                       stdout=open(folder / f"{name}.{suffix}", "wb"))
+        with open(folder / f"{name}.{suffix}", "wb") as out:
+            subprocess.run([binary, "-q", "-c", str(ours.plain / name)], check=True, stdout=out)
     newest = segments(folder)[-1]
     header = read_header(str(next(folder.glob(f"{newest}.*"))))
     assert header.sysid == ours.sysid and header.seg_size == 16 * MiB
