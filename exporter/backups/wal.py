@@ -211,6 +211,10 @@ class WalArchive:
     # off below it; PostgreSQL refuses, "requested timeline is not a child of this
     # server's history"). The walk from its start is then no evidence either way.
     start_off_history: str | None = None
+    # The archive's content is not this cluster's WAL where its names say so: another
+    # cluster's system identifier in a segment's header, or a misnamed segment. Names
+    # alone prove nothing then: wal_continuity fails with this.
+    identity_problem: str | None = None
     notes: list[str] = field(default_factory=list)  # what the source could not tell
 
     def holds(self, name: str) -> bool | None:
@@ -237,5 +241,6 @@ class WalArchive:
                 "start": self.window_start.isoformat() if self.window_start else None,
                 "end": self.last_archived_at.isoformat() if self.last_archived_at else None,
             },
+            **({"identity_problem": self.identity_problem} if self.identity_problem else {}),
             **({"notes": self.notes} if self.notes else {}),
         }

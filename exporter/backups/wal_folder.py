@@ -12,8 +12,13 @@ Where each fact comes from, and why there:
   (it is archived as the backup stops), else the backup_manifest's modification time
   (pg_basebackup writes it last), else the folder's newest modification time.
 - The segment size: the most common size of the uncompressed segments that is a valid
-  segment size; with only compressed segments, 16 MiB (initdb's default), said in notes.
-  An uncompressed segment of another size is a torn copy: not counted as held.
+  segment size; with only compressed segments, the newest one's page header says
+  (xlp_seg_size), else 16 MiB (initdb's default), said in notes. An uncompressed
+  segment of another size is a torn copy: not counted as held.
+- Whose WAL it is: the first page headers of the newest segment and of the newest base
+  backup's start segment (exporter/backups/wal_header.py), against the backup's system
+  identifier and the files' names. Names alone are the same in every cluster. An
+  unreadable newest header is a torn copy, not held; two headers, not the archive.
 - The timeline: from the newest backup's, the next timelines whose ``.history`` exists,
   as PostgreSQL's recovery_target_timeline=latest probes them (it stops at the first
   missing history file, and so does this).
@@ -35,6 +40,7 @@ from pathlib import Path
 from exporter.backups.base import BackupSourceError
 # directory.py imports this module only inside DirectoryBackupSource.wal_archive: no cycle.
 from exporter.backups.directory import _folder_totals, folder_kind
+from exporter.backups.wal_header import LongHeader, NoDecompressor, WalHeaderError, backup_system_identifier, read_header
 from exporter.backups.wal import (
     DEFAULT_SEGMENT_SIZE,
     HISTORY,
@@ -61,6 +67,8 @@ _LABEL_TIMELINE = re.compile(r"^START TIMELINE: (\d+)", re.M)
 _STOP_TIME = re.compile(r"^STOP TIME: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (\S+)\s*$", re.M)
 _OFFSET = re.compile(r"^([+-])(\d\d)(\d\d)?$")
 _SMALLEST = 1024 * 1024  # parses every valid name: a log part below 4096 is valid for 1 MiB and up
+_SIZE_TRIES = 8  # compressed segments whose header is read to learn the segment size
+_TORN_LIMIT = 64  # unreadable newest segments in a row: past it the folder is not WAL
 
 
 @dataclass
@@ -128,7 +136,18 @@ def segment_size(segments: list[_File]) -> tuple[int, str]:
             return check_segment_size(size), f"{size // (1024 * 1024)} MiB, the size of its uncompressed segments"
         except WalNameError:
             continue
-    return DEFAULT_SEGMENT_SIZE, "16 MiB assumed (no uncompressed segment of a valid size to measure)"
+    # Only compressed segments: their first page header says (xlp_seg_size). Newest
+    # name first, a few tries past torn ones; names order by timeline then position.
+    why = []
+    for file in sorted(segments, key=lambda f: f.name, reverse=True)[:_SIZE_TRIES]:
+        try:
+            header = read_header(file.path)
+            return check_segment_size(header.seg_size), (
+                f"{header.seg_size // (1024 * 1024)} MiB, from the first page header of {file.name}")
+        except (WalHeaderError, WalNameError, NoDecompressor) as exc:
+            why.append(f"{file.name}: {exc}")
+    tried = f" ({'; '.join(why[:3])})" if why else ""
+    return DEFAULT_SEGMENT_SIZE, f"16 MiB assumed (no segment to measure or whose header to read{tried})"
 
 
 def base_backups(folder: Path, pattern: str) -> list[BaseBackup]:
@@ -302,8 +321,9 @@ def read_archive(wal_path: Path, backups_path: Path, pattern: str, newest_locati
             f"timeline stops on timeline {timeline}"
         )
     chain = [(s, f) for s, f in segments.values() if timeline_of(s, timeline, history) == s.timeline]
+    chain, newest_header, not_wal = _newest_readable(chain, segments, notes)
     archive = WalArchive(where, timeline=timeline, names=frozenset(segments), notes=notes, history=list(history),
-                         segment_size=size)
+                         segment_size=size, identity_problem=not_wal)
     if newest is not None and not on_chain(newest.timeline, newest.start_lsn, timeline, history):
         archive.start_off_history = (
             f"base backup {newest.name} started on timeline {newest.timeline} at {lsn_text(newest.start_lsn)}, which "
@@ -327,6 +347,13 @@ def read_archive(wal_path: Path, backups_path: Path, pattern: str, newest_locati
         notes.append(f"no base backup in {backups_path}: checked from the oldest archived segment")
     else:
         return archive
+    headers = []
+    if last_segment is not None:
+        headers.append(("newest", last_segment, segments[last_segment.name][1], newest_header))
+        start_header = _start_header(archive, segments, notes)
+        if start_header is not None and start_header[0] != last_segment:
+            headers.append(("start", *start_header))
+    _compare_identity(archive, newest, headers, size, history)
     if last_segment is None:
         archive.gap = archive.checked_from
         return archive
@@ -334,8 +361,127 @@ def read_archive(wal_path: Path, backups_path: Path, pattern: str, newest_locati
     archive.gap = gap.name if gap is not None else None
     archive.segments_checked = checked
 
-    _window_start(archive, started, timeline, history, size, last_segment, kinds["backup"])
+    if archive.identity_problem is None:
+        _window_start(archive, started, timeline, history, size, last_segment, kinds["backup"])
+    else:
+        notes.append("no recovery window: the WAL folder's content is not this cluster's WAL")
     return archive
+
+
+def _lsn(position: int) -> str:
+    return f"{position >> 32:X}/{position & 0xFFFFFFFF:X}"
+
+
+def _newest_readable(chain: list[tuple[Segment, _File]], segments: dict[str, tuple[Segment, _File]],
+                     notes: list[str]) -> tuple[list[tuple[Segment, _File]], LongHeader | None, str | None]:
+    """The chain without its newest segments whose first page header cannot be read
+    (empty, truncated, corrupt compression, not WAL): a torn copy, not held. Walks down
+    from the newest only: the archive's middle is judged by name (reading every header
+    would cost the whole archive)."""
+    ordered = sorted(chain, key=lambda pair: pair[0].number, reverse=True)
+    torn = []
+    header = problem = None
+    kept: list[tuple[Segment, _File]] = []
+    for index, (segment, file) in enumerate(ordered):
+        if len(torn) == _TORN_LIMIT:
+            # Not one torn copy but a folder of files that are not WAL (the trial's
+            # empty .gz files): said so, instead of opening every one of them.
+            kept = ordered[index:]
+            problem = (f"the newest {_TORN_LIMIT} segments hold no readable WAL page header ({ordered[0][1].name} "
+                       f"down to {ordered[index - 1][1].name}): files named as segments that are not WAL")
+            break
+        try:
+            header = read_header(file.path)
+        except WalHeaderError as exc:
+            torn.append(f"{file.name} ({exc})")
+            del segments[segment.name]
+            continue
+        except NoDecompressor as exc:
+            notes.append(f"first page header of the newest segment {file.name} not read ({exc}): its content is unchecked")
+        kept = ordered[index:]
+        break
+    if torn:
+        more = f" and {len(torn) - 5} more" if len(torn) > 5 else ""
+        notes.append(f"not counted, the newest segment(s) hold no readable WAL page header (a torn copy): "
+                     f"{', '.join(torn[:5])}{more}")
+    return kept, header, problem
+
+
+def _start_header(archive: WalArchive, segments: dict[str, tuple[Segment, _File]],
+                  notes: list[str]) -> tuple[Segment, _File, LongHeader | None] | None:
+    """The header of the segment the check starts from; a torn one is dropped (the gap)."""
+    held = segments.get(archive.checked_from)
+    if held is None:
+        return None
+    segment, file = held
+    try:
+        return segment, file, read_header(file.path)
+    except WalHeaderError as exc:
+        notes.append(f"not counted, the start segment {file.name} holds no readable WAL page header ({exc})")
+        del segments[segment.name]
+        archive.names = frozenset(segments)
+    except NoDecompressor as exc:
+        notes.append(f"first page header of the start segment {file.name} not read ({exc}): its content is unchecked")
+    return None
+
+
+def _compare_identity(archive: WalArchive, backup: BaseBackup | None,
+                      headers: list[tuple[str, Segment, _File, LongHeader | None]], size: int,
+                      history: list[Branch]) -> None:
+    """The headers of the newest and the start segment against the base backup's system
+    identifier and their own names: another cluster's WAL, or a misnamed file, is
+    archive.identity_problem."""
+    read = [(role, segment, file, header) for role, segment, file, header in headers if header is not None]
+    if not read:
+        return
+    expected, expected_from = (None, "no base backup")
+    if backup is not None:
+        expected, expected_from = backup_system_identifier(backup.path)
+    problems = []
+    foreign = [(role, file, header) for role, _, file, header in read if expected is not None and header.sysid != expected]
+    if foreign:
+        written = " and ".join(f"{file.name} (the {role} segment) by system identifier {header.sysid}"
+                               for role, file, header in foreign)
+        problems.append(
+            f"{archive.where} holds another cluster's WAL: {written}, but base backup {backup.name} is of system "
+            f"identifier {expected} ({expected_from})"
+        )
+    for role, segment, file, header in read:
+        if expected is not None and header.sysid != expected:
+            continue
+        if header.seg_size != size:
+            problems.append(f"{file.name}'s header gives a segment size of {header.seg_size} bytes, the archive's is {size}")
+            continue
+        if header.pageaddr != segment.number * size:
+            problems.append(
+                f"{file.name}'s header places it at {_lsn(header.pageaddr)}, its name at {_lsn(segment.number * size)}: "
+                "a misnamed segment"
+            )
+            continue
+        # A timeline switched inside a segment starts its file with a copy of the
+        # parent's (up to the switch point), header included: an older timeline there
+        # is right. Switched at a segment's start, the new file is fresh.
+        switched_from = {b.parent for b in history if b.switch // size == segment.number and b.switch % size}
+        if header.timeline != segment.timeline and not (header.timeline < segment.timeline
+                                                        and header.timeline in switched_from):
+            problems.append(
+                f"{file.name}'s header is of timeline {header.timeline}, its name of timeline {segment.timeline}: "
+                "a misnamed segment"
+            )
+    if expected is None and len(read) == 2 and read[0][3].sysid != read[1][3].sysid:
+        problems.append(
+            f"the newest segment {read[0][2].name} (system identifier {read[0][3].sysid}) and the start segment "
+            f"{read[1][2].name} (system identifier {read[1][3].sysid}) are of two clusters"
+        )
+    if problems:
+        archive.identity_problem = "; ".join(filter(None, [archive.identity_problem, *problems]))
+        return
+    names = " and ".join(f"{file.name} ({role})" for role, _, file, _ in read)
+    if expected is not None:
+        archive.notes.append(f"system identifier {expected} ({expected_from} of {backup.name}) in the headers of {names}")
+    else:
+        archive.notes.append(f"system identifier {read[0][3].sysid} in the headers of {names}, not compared with a base "
+                             f"backup: {expected_from}")
 
 
 def _window_start(archive: WalArchive, started: list[BaseBackup], timeline: int, history: list[Branch],

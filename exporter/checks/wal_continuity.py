@@ -241,6 +241,8 @@ class WalContinuityCheck(BackupCheck):
                 f"WAL segment {archive.gap} is missing from {archive.where}: recovery from the newest base backup's "
                 f"start {archive.checked_from} stops after {archive.segments_checked} segment(s){after}"
             )
+        if archive.identity_problem is not None:
+            problems.append(archive.identity_problem)
         if dropped is not None:
             problems.append(dropped)
         range_text = f"{archive.checked_from} to {archive.last}" if archive.last else "nothing"
@@ -249,6 +251,8 @@ class WalContinuityCheck(BackupCheck):
                         else live.get("observed") or (f"newest backup not on timeline {archive.timeline}'s history"
                                                       if archive.start_off_history else None)
                         or f"{live.get('segment')} not in the archive")
+            if archive.identity_problem is not None and archive.gap is None:
+                observed = "not this cluster's WAL"
             return self.failed(scrub("; ".join(problems), secrets), observed, EXPECTED, **data)
 
         tail = self._live_words(live)

@@ -5,18 +5,28 @@ from __future__ import annotations
 
 import gzip
 import os
+import struct
 from datetime import datetime, timezone
 
 import pytest
 
 from exporter.backups.base import BackupSourceError
+from exporter.backups.wal import parse_segment
 from exporter.backups.wal_folder import _stop_time, read_archive
 
 MiB = 1024 * 1024
 
 
+SYSID = 7300000000000000001
+
+
 def _segment(folder, name: str, size: int) -> None:
+    # The long page header PostgreSQL 15 writes (exporter/backups/wal_header.py):
+    # without it the file is a torn copy, not a segment.
+    segment = parse_segment(name, size)
     with open(folder / name, "wb") as handle:
+        handle.write(struct.pack("<HHIQI4xQII", 0xD110, 0x0002, segment.timeline, segment.number * size, 0,
+                                 SYSID, size, 8192))
         handle.truncate(size)  # sparse: a 64 MiB segment costs no disk
 
 
