@@ -28,6 +28,7 @@ class TargetSnapshot:
     name: str
     up: bool = False  # the last attempt to reach the target succeeded
     last_run_timestamp: float | None = None
+    last_run_started: float | None = None  # the newest row's verified_at: which period it belongs to
     last_success_timestamp: float | None = None
     last_status: str | None = None
     last_duration_seconds: float | None = None
@@ -284,6 +285,7 @@ def _run_fields(verified_at: datetime, status: str, details: dict) -> dict[str, 
     duration = details.get("duration_seconds")
     return {
         "last_run_timestamp": verified_at.timestamp() + (duration if isinstance(duration, (int, float)) else 0.0),
+        "last_run_started": verified_at.timestamp(),
         "last_status": status,
         "last_duration_seconds": float(duration) if isinstance(duration, (int, float)) else None,
         "checks_passed": sum(1 for o in outcomes if o == "pass"),
