@@ -548,6 +548,15 @@ class ScheduleConfig(_Strict):
         return self.takeover_after_seconds if self.takeover_after_seconds is not None else period * TAKEOVER_SHARE
 
 
+class DrillLimits(_Strict):
+    max_concurrent_drills: int = Bounded(
+        1, ge=1, le=64, why="each drill holds a scratch copy of a database",
+        description="Restore drills one daemon runs at once, whatever its targets (each target's own drills are set "
+        "under targets[].restore). A run whose drill is due while this many run verifies without it and logs that "
+        "the drill waits; the target's next run with a free slot drills.",
+    )
+
+
 class HttpConfig(_Strict):
     listen: str = Field("0.0.0.0:10047", description="host:port of /metrics; port 0 picks a free port.")
     web_config_file: Path | None = Field(
@@ -585,6 +594,7 @@ class Settings(BaseSettings):
     targets: list[TargetConfig] = Field(description="One or more databases to verify.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="When the daemon verifies.")
     http: HttpConfig = Field(default_factory=HttpConfig, description="The metrics endpoint.")
+    restore: DrillLimits = Field(default_factory=DrillLimits, description="Limits on the daemon's restore drills.")
     spool_dir: Path = Field(Path("/var/lib/pgbv/spool"), description="Results that could not be written yet wait here.")
     retention_days: int = Bounded(
         90, ge=1, le=DAYS_MAX, description="Log rows older than this are deleted by `pgbv cleanup` and daily by the daemon.",

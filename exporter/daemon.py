@@ -48,7 +48,7 @@ from exporter.logs import run_line, setup_logging
 from exporter.redact import scrub
 from exporter.result import RunResult
 from exporter.spool import Spool, SpoolError
-from exporter.verify import unreachable_result, verify_target, write
+from exporter.verify import _drill_due, unreachable_result, verify_target, write
 
 log = logging.getLogger("pgbv.daemon")
 
@@ -114,6 +114,7 @@ class Daemon:
         self.runs_total = {"own": 0, "takeover": 0}  # rows this process produced (written or spooled)
         self._counts_lock = threading.Lock()
         self._started = time.monotonic()
+        self._drills = threading.BoundedSemaphore(settings.restore.max_concurrent_drills)
 
     # --- what the HTTP server reads -----------------------------------------------------
 
@@ -248,13 +249,31 @@ class Daemon:
                          extra={"target": target.name, "skipped": "done"})
                 self._read_picture_on(session, target, None)
                 return None
-            if target.log_dsn is None:
-                result = verify_target(target, record_result=False, conn=session)
-            else:
-                result = verify_target(target, record_result=False, log_conn=session)
+            drill = self._take_drill_slot(session, target)
+            try:
+                if target.log_dsn is None:
+                    result = verify_target(target, record_result=False, conn=session, drill=drill)
+                else:
+                    result = verify_target(target, record_result=False, log_conn=session, drill=drill)
+            finally:
+                if drill:
+                    self._drills.release()
             return self._finish(target, result, reason, session)
         finally:
             close(session)  # ends the session, which releases the advisory lock
+
+    def _take_drill_slot(self, session: psycopg.Connection, target: TargetConfig) -> bool:
+        """True (a drill slot taken) when the target's drill is due and this replica runs fewer than
+        restore.max_concurrent_drills; a due drill without a slot waits for the target's next run,
+        rather than holding a run slot (and the period) for the length of other drills."""
+        if not target.restore.enabled or not _drill_due(session, target, datetime.now(timezone.utc)):
+            return False
+        if self._drills.acquire(blocking=False):
+            return True
+        log.info("target %s: restore drill due, but %d drill(s) already run on this replica "
+                 "(restore.max_concurrent_drills); it waits for the next run", target.name,
+                 self.settings.restore.max_concurrent_drills, extra={"target": target.name})
+        return False
 
     def _finish(self, target: TargetConfig, result: RunResult, reason: str, session: psycopg.Connection | None) -> RunResult:
         result.facts["trigger"] = reason

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 
@@ -13,9 +14,10 @@ import psycopg
 import pytest
 import yaml
 
-from exporter.config import ConfigError, load_settings
+from exporter.config import ConfigError, Settings, load_settings
 from exporter.daemon import Daemon
 from exporter.shards import owner_shard, period_start, shard_from_hostname, takeover_delay
+from tests.conftest import execute
 from tests.test_daemon import count_rows, daemon_for, target_data
 
 
@@ -159,3 +161,42 @@ def test_a_daemon_that_cannot_tell_its_shard_does_not_start(tmp_path, monkeypatc
     monkeypatch.setenv("HOSTNAME", "laptop")
     with pytest.raises(ConfigError, match="schedule.shard: shard: auto takes the ordinal"):
         Daemon(settings_daemon.settings)
+
+
+def test_a_replica_runs_at_most_max_concurrent_drills(pg_server, make_db, tmp_path, caplog):
+    from tests.restore.test_logical import dump, scratch_databases
+
+    targets = []
+    for i in range(3):
+        dsn = make_db(demo=True)
+        dump(pg_server, dsn, tmp_path / f"b{i}")
+        targets.append(target_data(f"drill-{i}", dsn, backup={"source": "directory", "path": str(tmp_path / f"b{i}"),
+                                                              "pattern": "*.dump", "min_size_mb": 0},
+                                   restore={"enabled": True}))
+
+    def round_of(limit: int) -> tuple[int, int]:
+        """Every target run at once: (runs that drilled, most scratch copies seen at once)."""
+        daemon = Daemon(Settings(targets=targets, restore={"max_concurrent_drills": limit},
+                                 schedule={"interval_minutes": 60, "max_concurrent_targets": 3},
+                                 http={"listen": "127.0.0.1:0"}, spool_dir=str(tmp_path / "spool")))
+        results, peak = [], 0
+        threads = [threading.Thread(target=lambda t=t: results.append(daemon.run_target(t, "takeover")))
+                   for t in daemon.settings.targets]
+        for thread in threads:
+            thread.start()
+        while any(thread.is_alive() for thread in threads):
+            peak = max(peak, len(scratch_databases(pg_server)))
+            time.sleep(0.05)
+        assert len(results) == 3 and None not in results, results
+        for r in results:  # a drill that ran passed; a run without one lists no restore check
+            assert r.check("restore") is None or r.check("restore").outcome == "pass", r.check("restore").message
+        return sum(1 for r in results if r.check("restore") is not None), peak
+
+    caplog.set_level("INFO", logger="pgbv.daemon")
+    # Three drills due (never drilled), a limit of one: one drills, two wait, never two copies at once.
+    assert round_of(1) == (1, 1)
+    assert sum("restore drill due, but 1 drill(s) already run" in r.getMessage() for r in caplog.records) == 2
+    # The next period, a limit of three: both drills still due run.
+    for target in targets:
+        execute(target["dsn"], "UPDATE backup_verification_log SET verified_at = verified_at - interval '2 hours'")
+    assert round_of(3)[0] == 2
