@@ -373,8 +373,15 @@ class Daemon:
                 schedule_interval_seconds=self.period,
                 next_run_timestamp=next_run,
                 spool_rows=spool_rows,
+                shard=self.shard,
+                total_shards=self.total_shards,
+                runs_total=self._runs_so_far(),
             )
             return self._snapshot
+
+    def _runs_so_far(self) -> dict[str, int]:
+        with self._counts_lock:
+            return dict(self.runs_total)
 
     def _read_picture_on(self, conn: psycopg.Connection, target: TargetConfig, up: bool | None) -> None:
         """Read the target's picture on a run's open session and publish it; up=None keeps
