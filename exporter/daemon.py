@@ -226,6 +226,14 @@ class Daemon:
         try:
             session = connect(target, log=True)
         except TargetUnreachable as exc:
+            if reason == TRIGGER_TAKEOVER:
+                # Without the log database no replica can tell whether the period has its row:
+                # every replica's spooled failure would become one more row for the period.
+                # The owner records the outage; the refresh shows pgbv_up 0 here.
+                log.info("target %s: log database unreachable; takeover skipped (%s)", target.name, exc,
+                         extra={"target": target.name, "skipped": "unreachable"})
+                self._mark_dirty(target.name)
+                return None
             # No log database: nobody can coordinate. Verify anyway; the row goes to the spool.
             if target.log_dsn is None:
                 # The log database is the target: no second connect (and timeout) to the same

@@ -200,3 +200,15 @@ def test_a_replica_runs_at_most_max_concurrent_drills(pg_server, make_db, tmp_pa
     for target in targets:
         execute(target["dsn"], "UPDATE backup_verification_log SET verified_at = verified_at - interval '2 hours'")
     assert round_of(3)[0] == 2
+
+
+def test_a_takeover_of_an_unreachable_target_writes_nothing(tmp_path):
+    # Nothing listens on port 1: no replica can ask the log whether the period has its row.
+    targets = [target_data("tenant-01", "host=127.0.0.1 port=1 dbname=app", connect_timeout_seconds=1)]
+    taker = daemon_for(tmp_path / "taker", targets, total_shards=3, shard=0)
+    assert taker.run_target(taker.settings.targets[0], "takeover") is None
+    assert taker.spool.pending() == 0
+    # Its owner records the outage (a failure row, spooled until the database is back).
+    owner = daemon_for(tmp_path / "owner", targets, total_shards=3, shard=2)
+    result = owner.run_target(owner.settings.targets[0], "schedule")
+    assert result is not None and result.status == "failure" and owner.spool.pending() == 1
