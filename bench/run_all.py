@@ -24,7 +24,7 @@ from pathlib import Path
 
 from bench.common import PYTHON, ROOT, machine, tool_version, uptime
 
-BENCHES = ("scrape", "verify", "fleet", "logtable", "restore", "content", "replay", "footprint")
+BENCHES = ("scrape", "verify", "fleet", "logtable", "restore", "content", "replay", "replicas", "footprint")
 HERE = Path(__file__).resolve().parent
 ANALYSIS = HERE / "analysis.md"
 

@@ -189,14 +189,25 @@ def _acceptance_note(row: dict[str, Any]) -> str | None:
     return f"row counts accepted by {accepted.get('by')}{reason}: {moved or 'no table'}"
 
 
+def _runner(row: dict[str, Any]) -> str:
+    """Which replica wrote the row (`host/shard N`, `+takeover` when it ran another shard's
+    target); `-` for rows of `pgbv verify` and of versions before replicas."""
+    details = row.get("verification_details")
+    runner = details.get("runner") if isinstance(details, dict) else None
+    if not isinstance(runner, dict):
+        return "-"
+    text = f"{runner.get('host') or '?'}/shard {runner.get('shard')}"
+    return text + (" +takeover" if details.get("trigger") == "takeover" else "")
+
+
 def _history_text(target: str, rows: list[dict[str, Any]]) -> str:
     lines = [f"target {target}: {len(rows)} runs"]
-    lines.append(f"  {'VERIFIED AT':25}  {'STATUS':8}  PASSED  FAILED  BACKUP AGE  BACKUP")
+    lines.append(f"  {'VERIFIED AT':25}  {'STATUS':8}  PASSED  FAILED  BACKUP AGE  {'RUNNER':24}  BACKUP")
     for row in rows:
         age = "-" if row["backup_age_hours"] is None else f"{row['backup_age_hours']} h"
         lines.append(
             f"  {row['verified_at'].isoformat(timespec='seconds'):25}  {row['status']:8}  "
-            f"{row['checks_passed']:6}  {row['checks_failed']:6}  {age:>10}  {row['backup_id'] or '-'}"
+            f"{row['checks_passed']:6}  {row['checks_failed']:6}  {age:>10}  {_runner(row):24}  {row['backup_id'] or '-'}"
         )
         if (note := _acceptance_note(row)) is not None:
             lines.append(f"    {note}")
@@ -227,12 +238,12 @@ def cmd_history(args: argparse.Namespace) -> int:
     elif args.format == "markdown":
         for name, rows in out.items():
             print(f"## Verification history: {name} (last {args.days} days)\n")
-            print("| Verified at | Status | Passed | Failed | Backup age (h) | Backup | Note |\n|---|---|---|---|---|---|---|")
+            print("| Verified at | Status | Passed | Failed | Backup age (h) | Runner | Backup | Note |\n|---|---|---|---|---|---|---|---|")
             for row in rows:
                 note = (_acceptance_note(row) or "").replace("|", "\\|")
                 print(f"| {row['verified_at'].isoformat(timespec='seconds')} | {row['status']} | {row['checks_passed']} | "
                       f"{row['checks_failed']} | {row['backup_age_hours'] if row['backup_age_hours'] is not None else '-'} | "
-                      f"{row['backup_id'] or '-'} | {note} |")
+                      f"{_runner(row)} | {row['backup_id'] or '-'} | {note} |")
             print()
     else:
         print("\n\n".join(_history_text(name, rows) for name, rows in out.items()))

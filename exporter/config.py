@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -488,12 +489,72 @@ class ScheduleConfig(_Strict):
         "restore drill's own (docs/daemon.md).",
     )
 
+    total_shards: int = Bounded(
+        1, ge=1, le=1024, why="beyond any fleet of replicas; each one only adds a session per target it tries",
+        description="How many shards the targets are divided among (the replicas' count: the same on every replica).",
+    )
+    shard: int | Literal["auto"] | None = Field(
+        None, validate_default=True,
+        description="This replica's shard, 0 to total_shards - 1; `auto`: the ordinal of a StatefulSet pod's name "
+        "in HOSTNAME (`pgbv-2` -> 2). Unset: 0, and required when total_shards > 1. A replica runs the targets its "
+        "shard owns (sha256 of the target's name, docs/daemon.md \"Replicas\") and takes over the others' after "
+        "takeover_after_seconds.",
+    )
+    takeover_after_seconds: float | None = Bounded(
+        None, gt=0, le=SECONDS_MAX, why="a day: the longest a dead replica's targets may wait",
+        description="How long after a period's start a replica tries the targets of other shards that have no row "
+        "in that period yet (the next shard round the ring first, the one after it after twice this, ...). Unset: "
+        "a tenth of the period. At most the period (equal to it: no takeover).",
+    )
+
     @field_validator("daily_at")
     @classmethod
     def _valid_time(cls, value: str) -> str:
         if not _HHMM.match(value):
             raise ValueError(f"must be a time HH:MM between 00:00 and 23:59, got {value!r}")
         return value
+
+    @field_validator("shard", mode="before")
+    @classmethod
+    def _shard_number(cls, value: Any, info: ValidationInfo) -> Any:
+        from exporter.shards import resolve_shard
+
+        # Checked at load time, so that a pod that cannot tell its shard stops with the reason
+        # before it runs anything (auto reads HOSTNAME here, and again when the daemon starts).
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)  # from the environment a number comes as a string
+        if value is not None and value != "auto" and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"must be a shard number (0 to total_shards - 1) or auto, got {value!r}")
+        total = info.data.get("total_shards")
+        if total is not None:  # else total_shards has its own error
+            resolve_shard(value, total, os.environ)
+        elif isinstance(value, int) and value < 0:
+            raise ValueError(f"must be 0 or more, got {value}")
+        return value
+
+    @field_validator("takeover_after_seconds")
+    @classmethod
+    def _takeover_within_period(cls, value: float | None, info: ValidationInfo) -> float | None:
+        period = (info.data.get("interval_minutes") or 1440) * 60
+        if value is not None and value > period:
+            raise ValueError(f"must not exceed the period ({period} s), got {value:g}")
+        return value
+
+    @property
+    def takeover_seconds(self) -> float:
+        from exporter.shards import TAKEOVER_SHARE
+
+        period = (self.interval_minutes or 1440) * 60
+        return self.takeover_after_seconds if self.takeover_after_seconds is not None else period * TAKEOVER_SHARE
+
+
+class DrillLimits(_Strict):
+    max_concurrent_drills: int = Bounded(
+        1, ge=1, le=64, why="each drill holds a scratch copy of a database",
+        description="Restore drills one daemon runs at once, whatever its targets (each target's own drills are set "
+        "under targets[].restore). A run whose drill is due while this many run verifies without it and logs that "
+        "the drill waits; the target's next run with a free slot drills.",
+    )
 
 
 class HttpConfig(_Strict):
@@ -533,6 +594,7 @@ class Settings(BaseSettings):
     targets: list[TargetConfig] = Field(description="One or more databases to verify.")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="When the daemon verifies.")
     http: HttpConfig = Field(default_factory=HttpConfig, description="The metrics endpoint.")
+    restore: DrillLimits = Field(default_factory=DrillLimits, description="Limits on the daemon's restore drills.")
     spool_dir: Path = Field(Path("/var/lib/pgbv/spool"), description="Results that could not be written yet wait here.")
     retention_days: int = Bounded(
         90, ge=1, le=DAYS_MAX, description="Log rows older than this are deleted by `pgbv cleanup` and daily by the daemon.",

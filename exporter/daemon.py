@@ -15,12 +15,21 @@ the run holds one session on the log database for all of that and one check
 session on the target. The refresh thread uses one session at a time. So at
 most max_concurrent_targets + 1 sessions per server, plus a restore drill's own
 (docs/daemon.md).
+
+Replicas (docs/daemon.md, "Replicas"): periods are aligned to the Unix epoch (or the
+daily slot), so every replica agrees on them; at a period's start a replica runs the
+targets its shard owns (exporter.shards), and after takeover_after_seconds it tries
+the others' targets that have no row in the period yet. Two guards keep it to one
+row per target per period: the run lock (an advisory lock on the log database) and,
+under it, the question whether the period already has a row.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import socket
 import signal
 import threading
 import time
@@ -32,22 +41,22 @@ from typing import Callable
 import psycopg
 import schedule
 
-from exporter import record, snapshot
-from exporter.config import Settings, TargetConfig
+from exporter import record, shards, snapshot
+from exporter.config import ConfigError, Settings, TargetConfig
 from exporter.db import TargetUnreachable, close, connect, first_line, writable
 from exporter.logs import run_line, setup_logging
 from exporter.redact import scrub
 from exporter.result import RunResult
 from exporter.spool import Spool, SpoolError
-from exporter.verify import unreachable_result, verify_target, write
+from exporter.verify import _drill_due, unreachable_result, verify_target, write
 
 log = logging.getLogger("pgbv.daemon")
 
 TRIGGER_SCHEDULE = "schedule"
-# A replica skips a scheduled run when another wrote one this recently (share of a
-# period): interval schedules start from each process's own start, so they are not
-# aligned between replicas, and a slightly early slot must not make a second row.
-SAME_PERIOD_SHARE = 0.9
+TRIGGER_START = "start"
+TRIGGER_TAKEOVER = "takeover"
+# The triggers of the daemon's runs: a period holds one row of any of them.
+DAEMON_TRIGGERS = (TRIGGER_SCHEDULE, TRIGGER_START, TRIGGER_TAKEOVER)
 # How long the loop may go without a tick before /healthz says the process is stuck.
 HEALTH_STALL_SECONDS = 60
 
@@ -91,6 +100,21 @@ class Daemon:
         self._standby_warned: set[str] = set()
         self._secrets = settings.secrets()
         self.server = None
+        sched = settings.schedule
+        self.total_shards = sched.total_shards
+        try:
+            self.shard = shards.resolve_shard(sched.shard, sched.total_shards, os.environ)
+        except ValueError as exc:
+            raise ConfigError(f"schedule.shard: {exc}") from None
+        self.grace = sched.takeover_seconds
+        self.owner = {t.name: shards.owner_shard(t.name, self.total_shards) for t in settings.targets}
+        self.runner = {"host": os.environ.get("HOSTNAME") or socket.gethostname(), "shard": self.shard}
+        self._period: datetime | None = None  # the period the loop last started own runs for
+        self._tried: dict[str, float] = {}  # target -> time.monotonic() of this period's last takeover try
+        self.runs_total = {"own": 0, "takeover": 0}  # rows this process produced (written or spooled)
+        self._counts_lock = threading.Lock()
+        self._started = time.monotonic()
+        self._drills = threading.BoundedSemaphore(settings.restore.max_concurrent_drills)
 
     # --- what the HTTP server reads -----------------------------------------------------
 
@@ -103,32 +127,64 @@ class Daemon:
     # --- scheduling ----------------------------------------------------------------------
 
     def _schedule_jobs(self) -> None:
-        sched = self.settings.schedule
-        if sched.interval_minutes:
-            self.scheduler.every(sched.interval_minutes).minutes.do(self.run_all, reason="schedule")
-        else:
-            self.scheduler.every().day.at(sched.daily_at, "UTC").do(self.run_all, reason="schedule")
+        # Runs follow the periods (tick); only the daily cleanup is a timer of this process.
         self.scheduler.every(24).hours.do(self.request_cleanup)
 
     def next_run_timestamp(self) -> float | None:
-        idle = self.scheduler.idle_seconds
-        jobs = [job for job in self.scheduler.jobs if job.job_func.func == self.run_all]
-        if not jobs or idle is None:
-            return None
-        return min(job.next_run for job in jobs).timestamp()
+        """The next period's start: when this replica runs its own targets next."""
+        return (self.period_start(datetime.now(timezone.utc)) + timedelta(seconds=self.period)).timestamp()
 
     def period_start(self, now: datetime) -> datetime:
-        """Rows verified at or after this moment belong to the current period."""
+        """Rows verified at or after this moment belong to the current period (the same
+        moment on every replica: epoch-aligned, or the daily slot)."""
         sched = self.settings.schedule
-        if sched.interval_minutes:
-            return now - timedelta(seconds=self.period * SAME_PERIOD_SHARE)
-        hour, minute = map(int, sched.daily_at.split(":"))
-        slot = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-        return slot if slot <= now else slot - timedelta(days=1)
+        return shards.period_start(now, self.period if sched.interval_minutes else None, sched.daily_at)
 
-    def run_all(self, reason: str = "schedule") -> None:
+    def owns(self, target: TargetConfig) -> bool:
+        return self.owner[target.name] == self.shard
+
+    def run_all(self, reason: str = TRIGGER_SCHEDULE) -> None:
+        """Start this replica's own targets."""
         for target in self.settings.targets:
-            self.start_run(target, reason)
+            if self.owns(target):
+                self.start_run(target, reason)
+
+    def tick(self, now: datetime | None = None) -> None:
+        """One pass of the scheduler: own targets at a period's start; other shards'
+        targets with no row in the period after their takeover delay."""
+        now = now or datetime.now(timezone.utc)
+        start = self.period_start(now)
+        if start != self._period:
+            first = self._period is None
+            self._period = start
+            self._tried = {}
+            if not first:  # the first period's own runs are start()'s (run_on_start)
+                self.run_all(TRIGGER_SCHEDULE)
+        if self.total_shards == 1:
+            return
+        if time.monotonic() - self._started < self.grace:
+            # Replicas start together (a rollout, a node's reboot): siblings get one grace
+            # period to run their own targets before this one takes any over.
+            return
+        elapsed = (now - start).total_seconds()
+        pictures = {t.name: t for t in self._snapshot.targets}
+        for target in self.settings.targets:
+            owner = self.owner[target.name]
+            if owner == self.shard or elapsed < shards.takeover_delay(self.shard, owner, self.total_shards, self.grace):
+                continue
+            started = pictures[target.name].last_run_started
+            if started is not None and started >= start.timestamp():
+                continue  # the period has its row (as far as the last picture knows)
+            last_try = self._tried.get(target.name)
+            if last_try is not None and time.monotonic() - last_try < self.grace:
+                continue  # tried lately: the owner may still be running it
+            with self._running_lock:
+                if target.name in self._running:
+                    continue
+            self._tried[target.name] = time.monotonic()
+            log.info("target %s: no row in this period %.0f s after its start; trying it for shard %d",
+                     target.name, elapsed, owner, extra={"target": target.name})
+            self.start_run(target, TRIGGER_TAKEOVER)
 
     def start_run(self, target: TargetConfig, reason: str) -> threading.Thread | None:
         with self._running_lock:
@@ -170,6 +226,14 @@ class Daemon:
         try:
             session = connect(target, log=True)
         except TargetUnreachable as exc:
+            if reason == TRIGGER_TAKEOVER:
+                # Without the log database no replica can tell whether the period has its row:
+                # every replica's spooled failure would become one more row for the period.
+                # The owner records the outage; the refresh shows pgbv_up 0 here.
+                log.info("target %s: log database unreachable; takeover skipped (%s)", target.name, exc,
+                         extra={"target": target.name, "skipped": "unreachable"})
+                self._mark_dirty(target.name)
+                return None
             # No log database: nobody can coordinate. Verify anyway; the row goes to the spool.
             if target.log_dsn is None:
                 # The log database is the target: no second connect (and timeout) to the same
@@ -188,21 +252,42 @@ class Daemon:
                 log.info("target %s: another replica holds the run lock; skipped", target.name,
                          extra={"target": target.name, "skipped": "locked"})
                 return None
-            if reason == "schedule" and self._already_ran(session, target):
+            if reason in DAEMON_TRIGGERS and self._already_ran(session, target):
                 log.info("target %s: already verified in this period (by another replica); skipped", target.name,
                          extra={"target": target.name, "skipped": "done"})
                 self._read_picture_on(session, target, None)
                 return None
-            if target.log_dsn is None:
-                result = verify_target(target, record_result=False, conn=session)
-            else:
-                result = verify_target(target, record_result=False, log_conn=session)
+            drill = self._take_drill_slot(session, target)
+            try:
+                if target.log_dsn is None:
+                    result = verify_target(target, record_result=False, conn=session, drill=drill)
+                else:
+                    result = verify_target(target, record_result=False, log_conn=session, drill=drill)
+            finally:
+                if drill:
+                    self._drills.release()
             return self._finish(target, result, reason, session)
         finally:
             close(session)  # ends the session, which releases the advisory lock
 
+    def _take_drill_slot(self, session: psycopg.Connection, target: TargetConfig) -> bool:
+        """True (a drill slot taken) when the target's drill is due and this replica runs fewer than
+        restore.max_concurrent_drills; a due drill without a slot waits for the target's next run,
+        rather than holding a run slot (and the period) for the length of other drills."""
+        if not target.restore.enabled or not _drill_due(session, target, datetime.now(timezone.utc)):
+            return False
+        if self._drills.acquire(blocking=False):
+            return True
+        log.info("target %s: restore drill due, but %d drill(s) already run on this replica "
+                 "(restore.max_concurrent_drills); it waits for the next run", target.name,
+                 self.settings.restore.max_concurrent_drills, extra={"target": target.name})
+        return False
+
     def _finish(self, target: TargetConfig, result: RunResult, reason: str, session: psycopg.Connection | None) -> RunResult:
         result.facts["trigger"] = reason
+        result.facts["runner"] = dict(self.runner)
+        with self._counts_lock:
+            self.runs_total["takeover" if reason == TRIGGER_TAKEOVER else "own"] += 1
         if result.unreachable is not None:
             log.warning("%s", outage_line(result), extra={"target": target.name})
         read_at = time.monotonic()
@@ -229,9 +314,9 @@ class Daemon:
                     "SELECT 1 FROM backup_verification_log"
                     " WHERE verified_at >= %(since)s"
                     f"   AND {record.TARGET_OF} = %(target)s"
-                    "   AND verification_details->>'trigger' = %(trigger)s LIMIT 1",
+                    "   AND verification_details->>'trigger' = ANY(%(triggers)s) LIMIT 1",
                     {"since": self.period_start(datetime.now(timezone.utc)), "target": target.name,
-                     "trigger": TRIGGER_SCHEDULE},
+                     "triggers": list(DAEMON_TRIGGERS)},
                 ).fetchone()
         except psycopg.Error:
             return False
@@ -296,8 +381,15 @@ class Daemon:
                 schedule_interval_seconds=self.period,
                 next_run_timestamp=next_run,
                 spool_rows=spool_rows,
+                shard=self.shard,
+                total_shards=self.total_shards,
+                runs_total=self._runs_so_far(),
             )
             return self._snapshot
+
+    def _runs_so_far(self) -> dict[str, int]:
+        with self._counts_lock:
+            return dict(self.runs_total)
 
     def _read_picture_on(self, conn: psycopg.Connection, target: TargetConfig, up: bool | None) -> None:
         """Read the target's picture on a run's open session and publish it; up=None keeps
@@ -447,13 +539,14 @@ class Daemon:
     # --- life cycle ---------------------------------------------------------------------
 
     def _due_on_start(self) -> list[TargetConfig]:
-        """Targets whose newest row is older than one period (a restart never skips a day)."""
-        now = time.time()
+        """Own targets with no row in the current period (a restart never skips a period,
+        and a replica restarted mid-period does not run one twice)."""
+        since = self.period_start(datetime.now(timezone.utc)).timestamp()
         pictures = {t.name: t for t in self._snapshot.targets}
         due = []
         for target in self.settings.targets:
-            last = pictures[target.name].last_run_timestamp
-            if last is None or now - last >= self.period:
+            last = pictures[target.name].last_run_started
+            if self.owns(target) and (last is None or last < since):
                 due.append(target)
         return due
 
@@ -471,9 +564,9 @@ class Daemon:
         log.info("serving metrics on %s/metrics", self.server.url)
         if self.settings.schedule.run_on_start:
             for target in self._due_on_start():
-                log.info("target %s: last run older than one period; verifying now", target.name,
+                log.info("target %s: no run in this period yet; verifying now", target.name,
                          extra={"target": target.name})
-                self.start_run(target, "start")
+                self.start_run(target, TRIGGER_START)
         threading.Thread(target=self._refresh_loop, name="pgbv-refresh", daemon=True).start()
 
     def serve(self, on_started: Callable[[Daemon], None] | None = None) -> int:
@@ -481,6 +574,8 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop_event.set())
         self.start()
+        log.info("shard %d of %d: owns %d of %d targets; takes over the others after %g s", self.shard,
+                 self.total_shards, sum(map(self.owns, self.settings.targets)), len(self.settings.targets), self.grace)
         if on_started is not None:
             on_started(self)
         nxt = self.next_run_timestamp()
@@ -488,8 +583,9 @@ class Daemon:
             log.info("next scheduled run at %s", datetime.fromtimestamp(nxt, timezone.utc).isoformat(timespec="seconds"))
         while not self.stop_event.is_set():
             self._last_tick = time.monotonic()
+            self.tick()
             self.scheduler.run_pending()
-            self.stop_event.wait(max(0.2, min(1.0, self.scheduler.idle_seconds or 1.0)))
+            self.stop_event.wait(0.5)
         self.stop()
         log.info("stopped")
         return 0

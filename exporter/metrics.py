@@ -3,7 +3,9 @@
 A scrape never queries a database: the collector only reads the current
 Snapshot, and `Exposition` renders each Snapshot object once, so a scrape
 copies bytes. Every family is a gauge (the values are states and points in
-time, not counts we increment), so no `_created` series can appear.
+time, not counts we increment) but pgbv_runs_total, the one count of this
+process's own work; built here without a created time, it has no `_created`
+series either.
 
 Per-target series exist from the first scrape with 0 for what is not known yet,
 because an alert on an absent series never fires. Per-check and per-table series
@@ -19,12 +21,13 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from prometheus_client.exposition import generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 import exporter
 from exporter.logschema import STATUSES
 from exporter.record import RATIO_WINDOWS
+from exporter.shards import owner_shard
 from exporter.snapshot import Snapshot, TargetSnapshot
 
 # generate_latest writes the classic text format; prometheus_client's own
@@ -277,6 +280,36 @@ class SnapshotCollector(Collector):
             for t in replayed:
                 family.add_metric([t.name], _num(value(t)))
             yield family
+
+        # Replicas (docs/daemon.md, "Replicas"). Per replica: its shard and its own runs.
+        info = GaugeMetricFamily(
+            "pgbv_shard_info", "Always 1; this replica's shard and the number of shards (schedule.shard, total_shards).",
+            labels=["shard", "total_shards"],
+        )
+        info.add_metric([str(snapshot.shard), str(snapshot.total_shards)], 1.0)
+        yield info
+        runs = CounterMetricFamily(
+            "pgbv_runs", "Verification runs this replica made since it started, by trigger: own (its shard's targets, "
+            "on schedule or at start) or takeover (another shard's target with no row in the period).",
+            labels=["trigger"],
+        )
+        for trigger in ("own", "takeover"):
+            runs.add_metric([trigger], float(snapshot.runs_total.get(trigger, 0)))
+        yield runs
+        # The same on every replica: from the log tables.
+        stalled = GaugeMetricFamily(
+            "pgbv_shard_last_run_timestamp_seconds",
+            "The oldest, over the shard's targets, of the newest run by the target's own shard (not a takeover), in "
+            "Unix seconds; 0 while one of them has none. Only shards that own a target; " + _CACHED + ".",
+            labels=["shard"],
+        )
+        oldest: dict[int, float] = {}
+        for t in targets:
+            shard = owner_shard(t.name, snapshot.total_shards)
+            oldest[shard] = min(oldest.get(shard, float("inf")), _num(t.last_own_run_started))
+        for shard in sorted(oldest):
+            stalled.add_metric([str(shard)], oldest[shard])
+        yield stalled
 
         build = GaugeMetricFamily(
             "pgbv_exporter_build_info", "Always 1; the version label names the running pgbv.", labels=["version"]

@@ -28,6 +28,10 @@ class TargetSnapshot:
     name: str
     up: bool = False  # the last attempt to reach the target succeeded
     last_run_timestamp: float | None = None
+    last_run_started: float | None = None  # the newest row's verified_at: which period it belongs to
+    # The newest run by the replica that owned the target then (trigger schedule or start, not
+    # takeover): the shards' stall alert reads it (pgbv_shard_last_run_timestamp_seconds).
+    last_own_run_started: float | None = None
     last_success_timestamp: float | None = None
     last_status: str | None = None
     last_duration_seconds: float | None = None
@@ -70,6 +74,10 @@ class Snapshot:
     next_run_timestamp: float | None = None
     spool_rows: int = 0
     built_at: float = field(default_factory=time.time)
+    # This replica (docs/daemon.md, "Replicas"): its shard, and the rows it produced since it started.
+    shard: int = 0
+    total_shards: int = 1
+    runs_total: Mapping[str, int] = field(default_factory=lambda: {"own": 0, "takeover": 0})
 
 
 def configured(target: TargetConfig) -> TargetSnapshot:
@@ -103,7 +111,11 @@ def empty(settings: Settings) -> Snapshot:
 
 
 _LATEST_SQL = newest_query(["verified_at", "status", "verification_details"])
-_LAST_SUCCESS_SQL = newest_query(["verified_at"], "status = 'success'")
+# The newest success and the newest own run (not a takeover) in one statement.
+_OWN_RUN = "verification_details->>'trigger' IN ('schedule', 'start')"
+_LAST_SUCCESS_SQL = (
+    "SELECT (" + newest_query(["verified_at"], "status = 'success'") + "), (" + newest_query(["verified_at"], _OWN_RUN) + ")"
+)
 
 _LAST_DRILL_SQL = newest_query(["verification_details->'restore'", "id"], "verification_details ? 'restore'")
 _LAST_GOOD_DRILL_SQL = newest_query(["verified_at", "verification_details->'restore'->'duration_seconds'"], GOOD_DRILL)
@@ -249,15 +261,17 @@ def read_target(conn: psycopg.Connection, target: TargetConfig, up: bool, now: d
     base = configured(target)
     params = {"target": target.name}
     latest = conn.execute(_LATEST_SQL, params).fetchone()
-    last_success = conn.execute(_LAST_SUCCESS_SQL, params).fetchone()
+    success_at, own_at = conn.execute(_LAST_SUCCESS_SQL, params).fetchone()
+    last_success = None if success_at is None else (success_at,)
     windows = success_ratios(conn, target.name, now)
     ratios = {
         "success_ratio": {window: runs.ratio for window, runs in windows.items()},
         "unreached_runs": {window: runs.unreached for window, runs in windows.items()},
     }
     drills, last_drill = _drills(conn, target)
+    own = {"last_own_run_started": own_at.timestamp() if own_at is not None else None}
     if latest is None:
-        return TargetSnapshot(**{**base.__dict__, "up": up, **ratios, **drills})
+        return TargetSnapshot(**{**base.__dict__, "up": up, **ratios, **drills, **own})
     verified_at, status, details = latest
     details = details if isinstance(details, dict) else {}
     recovery = _recovery(conn, target, base, details, last_drill)
@@ -270,6 +284,7 @@ def read_target(conn: psycopg.Connection, target: TargetConfig, up: bool, now: d
             **ratios,
             **drills,
             **recovery,
+            **own,
         }
     )
 
@@ -284,6 +299,7 @@ def _run_fields(verified_at: datetime, status: str, details: dict) -> dict[str, 
     duration = details.get("duration_seconds")
     return {
         "last_run_timestamp": verified_at.timestamp() + (duration if isinstance(duration, (int, float)) else 0.0),
+        "last_run_started": verified_at.timestamp(),
         "last_status": status,
         "last_duration_seconds": float(duration) if isinstance(duration, (int, float)) else None,
         "checks_passed": sum(1 for o in outcomes if o == "pass"),

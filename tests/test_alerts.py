@@ -17,7 +17,7 @@ RULE_TESTS = sorted((ROOT / "alerts" / "tests").glob("*.tests.yml"))
 RUNBOOK = ROOT / "docs" / "RUNBOOK.md"
 
 # Alerts whose names an issue fixed (issue 14), outside the PgBackup... prefix.
-ISSUE_NAMED = {"PgbvRPOExceeded", "PgbvWALArchiveGap", "PgbvRecoveryWindowShort"}
+ISSUE_NAMED = {"PgbvRPOExceeded", "PgbvWALArchiveGap", "PgbvRecoveryWindowShort", "PgbvShardStalled"}
 
 promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package prometheus)")
 

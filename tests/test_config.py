@@ -289,6 +289,8 @@ def test_every_numeric_key_accepts_its_bounds(tmp_path):
                     data = place(value)
                     if key.endswith("warn_age_hours"):  # must not exceed max_age_hours
                         data["targets"][0]["backup"]["max_age_hours"] = value
+                    if key == "schedule.total_shards":  # more than one shard: each replica must say which
+                        data["schedule"]["shard"] = 0
                     load_settings(write(tmp_path, data), environ={})
                     tried += 1
     assert tried >= len(NUMERIC_KEYS)

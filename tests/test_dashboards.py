@@ -213,8 +213,11 @@ def test_expressions_name_only_metrics_the_exporter_exports():
                 assert set(re.findall(r"\b(pgbv_\w+)", var["definition"])) <= exported, (name, var["name"])
     # What the overview does not show on purpose: the age as seen by the last run
     # (we compute it with time() so it keeps growing), and values only alerts need.
+    # The replicas' families (issue 15) have no panel yet: PgbvShardStalled reads the shard's
+    # timestamp, and runs per replica are a query in docs/metrics.md ("Replicas").
     assert exported - used <= {"pgbv_backup_age_seconds", "pgbv_last_success_timestamp_seconds",
-                               "pgbv_restore_interval_seconds"}, exported - used
+                               "pgbv_restore_interval_seconds", "pgbv_shard_info", "pgbv_runs_total",
+                               "pgbv_shard_last_run_timestamp_seconds"}, exported - used
 
 
 # ---------------------------------------------------------------- promtool

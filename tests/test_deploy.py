@@ -524,3 +524,66 @@ def test_systemd_analyze_security_score(tmp_path):
     proc = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=20", "--no-pager",
                            str(_unit_for_this_machine(tmp_path))], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+
+
+# --- Kubernetes: replicas (docs/daemon.md, "Replicas") -------------------------------------
+
+K8S_REPLICAS = ROOT / "deploy" / "kubernetes-replicas"
+
+
+def replica_manifests() -> dict[str, dict]:
+    """What `kubectl apply -k deploy/kubernetes-replicas` applies: the base's objects but its
+    Deployment (the overlay's one patch deletes it), plus the overlay's own."""
+    overlay = yaml.safe_load((K8S_REPLICAS / "kustomization.yaml").read_text())
+    assert overlay["resources"][0] == "../kubernetes"
+    (patch,) = overlay["patches"]
+    deleted = yaml.safe_load(patch["patch"])
+    assert deleted["$patch"] == "delete" and deleted["kind"] == "Deployment"
+    found = {k: v for k, v in manifests().items() if k != f"Deployment/{deleted['metadata']['name']}"}
+    for resource in overlay["resources"][1:]:
+        for doc in yaml.safe_load_all((K8S_REPLICAS / resource).read_text()):
+            found[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    return found
+
+
+def test_the_replica_manifests_validate_against_the_kubernetes_schema():
+    import kubernetes_validate
+
+    objects = replica_manifests()
+    assert {"StatefulSet/pgbv", "PodDisruptionBudget/pgbv"} <= set(objects) and "Deployment/pgbv" not in objects
+    for key in ("StatefulSet/pgbv", "PodDisruptionBudget/pgbv"):
+        kubernetes_validate.validate(objects[key], kubernetes_validate.latest_version(), strict=True)
+
+
+def test_the_statefulset_is_the_deployment_with_shards_from_the_pod_name(tmp_path, monkeypatch):
+    objects = replica_manifests()
+    stateful = objects["StatefulSet/pgbv"]
+    deployment = manifests()["Deployment/pgbv"]
+    pod, base = stateful["spec"]["template"], deployment["spec"]["template"]
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
+    # The same pod as the Deployment's (its lock-down and mounts are tested above), plus sharding.
+    without_shards = json.loads(json.dumps(pod))
+    without_shards["spec"]["containers"][0]["env"] = [
+        e for e in without_shards["spec"]["containers"][0]["env"] if not e["name"].startswith("PGBV_SCHEDULE__")]
+    assert without_shards == base
+    assert env["PGBV_SCHEDULE__SHARD"] == "auto"
+    replicas = stateful["spec"]["replicas"]
+    assert int(env["PGBV_SCHEDULE__TOTAL_SHARDS"]) == replicas > 1
+    assert stateful["spec"]["serviceName"] == objects["Service/pgbv"]["metadata"]["name"]
+    # The configuration the pods load: each pod's name gives its shard, one beyond the set is refused.
+    config = tmp_path / "pgbv.yml"
+    config.write_text(objects["ConfigMap/pgbv-config"]["data"]["pgbv.yml"])
+    for ordinal in range(replicas):
+        monkeypatch.setenv("HOSTNAME", f"pgbv-{ordinal}")
+        schedule = load_settings(config, environ=env).schedule
+        assert (schedule.shard, schedule.total_shards) == ("auto", replicas)
+        from exporter.shards import resolve_shard
+        assert resolve_shard(schedule.shard, schedule.total_shards, os.environ) == ordinal
+    monkeypatch.setenv("HOSTNAME", f"pgbv-{replicas}")
+    with pytest.raises(Exception, match=f"shard: auto gives {replicas}"):
+        load_settings(config, environ=env)
+    # One pod at a time may be evicted: the others take its targets over.
+    budget = objects["PodDisruptionBudget/pgbv"]
+    assert budget["spec"]["maxUnavailable"] == 1
+    labels = pod["metadata"]["labels"]
+    assert all(labels.get(k) == v for k, v in budget["spec"]["selector"]["matchLabels"].items())

@@ -63,6 +63,9 @@ CONTRACT: dict[str, tuple[str, ...]] = {
     "pgbv_restore_recovered_until_timestamp_seconds": ("target",),
     "pgbv_restore_rpo_seconds": ("target",),
     "pgbv_restore_rpo_objective_seconds": ("target",),
+    "pgbv_shard_info": ("shard", "total_shards"),
+    "pgbv_runs_total": ("trigger",),
+    "pgbv_shard_last_run_timestamp_seconds": ("shard",),
     "pgbv_exporter_build_info": ("version",),
 }
 # Series every target has from the first scrape (per-table, per-check and age-limit series excepted).
@@ -110,6 +113,7 @@ def full_snapshot() -> Snapshot:
         name="app",
         up=True,
         last_run_timestamp=RUN_START + 12.5,
+        last_own_run_started=RUN_START,
         last_success_timestamp=RUN_START + 12.5,
         last_status="success",
         last_duration_seconds=12.5,
@@ -151,6 +155,7 @@ def full_snapshot() -> Snapshot:
         name="reporting",
         up=True,
         last_run_timestamp=RUN_START + 3.0,
+        last_own_run_started=RUN_START - 86400,  # its newest run was a takeover
         last_success_timestamp=RUN_START + 3.0,
         last_status="success",
         last_duration_seconds=3.0,
@@ -168,6 +173,9 @@ def full_snapshot() -> Snapshot:
         next_run_timestamp=RUN_START + 86400,
         spool_rows=2,
         built_at=RUN_START + 20,
+        shard=1,
+        total_shards=3,
+        runs_total={"own": 7, "takeover": 2},
     )
 
 
@@ -240,11 +248,13 @@ def parse(body: bytes) -> dict[str, dict[tuple, float]]:
     """metric name -> {sorted label items: value}; fails on a sample timestamp."""
     found: dict[str, dict[tuple, float]] = {}
     for family in text_string_to_metric_families(body.decode()):
-        assert family.type == "gauge", family.name
+        # The one counter is this replica's own count of runs (metrics.py says why).
+        assert family.type == "gauge" or (family.type, family.name) == ("counter", "pgbv_runs"), family.name
         assert family.documentation, f"{family.name} has no HELP"
-        series = found.setdefault(family.name, {})
+        name = family.name + ("_total" if family.type == "counter" else "")
+        series = found.setdefault(name, {})
         for sample in family.samples:
-            assert sample.name == family.name, sample.name
+            assert sample.name == name, sample.name
             assert sample.timestamp is None, f"{sample.name} carries a timestamp"
             key = tuple(sorted(sample.labels.items()))
             assert key not in series, f"duplicate series {sample.name}{dict(key)}"
