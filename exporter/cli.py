@@ -143,7 +143,7 @@ def _recovery_point_line(result) -> str | None:
     verdict = f" (rpo: {judged.outcome}, objective {judged.expected})" if judged is not None else ""
     towards = f" towards {target['time']}" if target.get("time") else ""
     return (f"target {result.target}: recovered until {drill['recovered_until']} (replayed to {target['kind']}{towards}); "
-            f"measured RPO {rpo:.0f} s = {rpo / 3600:.2f} h{verdict}")
+            f"measured RPO {rpo:.0f} s = {rpo / 3600:.3g} h{verdict}")
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:

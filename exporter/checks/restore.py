@@ -45,9 +45,12 @@ class RestoreCheck(BackupCheck):
         failures = [f"the restored copy fails {c.name}: {c.message}" for c in result.failed_checks] + result.problems
         if failures:
             return self.failed("; ".join(failures), observed, expected, **data)
+        # A physical drill restores files and starts a server: no items, no pg_restore.
+        restored = (f"restored ({result.items} items)", "pg_restore") if result.kind == "logical" else \
+            ("restored", "restore and start-up")
         summary = (
-            f"backup {info.id} restored ({result.items} items) and checked in {result.duration_seconds:.1f} s "
-            f"(pg_restore {result.restore_seconds:.1f} s); the copy passes {len(result.copy_checks)} checks and "
+            f"backup {info.id} {restored[0]} and checked in {result.duration_seconds:.1f} s "
+            f"({restored[1]} {result.restore_seconds:.1f} s); the copy passes {len(result.copy_checks)} checks and "
             f"holds {sum(v or 0 for v in result.rows.values())} rows in {len(result.rows)} critical tables"
         )
         if result.recovered_until is not None:
